@@ -1,0 +1,264 @@
+//! Time limits on a client connection: the header read timeout and the idle timeout.
+//!
+//! hyper's own `header_read_timeout` closes the socket without an answer and does not
+//! distinguish an idle keep-alive connection from a slow request head. [`GuardedIo`] wraps the
+//! connection's stream and sees every read; the HTTP engine tells it through [`ConnState`] when
+//! a request head has been parsed and when its response is finished. From that it knows which
+//! phase the connection is in:
+//! - idle (no request in flight, nothing read since the last response): closed quietly after
+//!   `idle_timeout`;
+//! - reading a head (bytes arrived, no request dispatched yet): after `header_read_timeout`
+//!   an HTTP/1 client gets `408 Request Timeout` and the connection is closed;
+//! - busy (a request in flight): no limit here.
+//!
+//! HTTP/2 connections (detected by their preface) only get the idle limit.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+const RESPONSE_408: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 20\r\ncontent-type: text/plain\r\n\r\nrequest head timeout";
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// What the HTTP engine tells the guard about requests on one connection.
+#[derive(Default)]
+pub struct ConnState {
+    in_flight: AtomicUsize,
+    /// Bumped when a request is dispatched or finishes, so the guard sees that the phase moved.
+    generation: AtomicU64,
+}
+
+impl ConnState {
+    pub fn new() -> Arc<Self> {
+        Arc::new(ConnState::default())
+    }
+
+    /// A request head was parsed and handed to a handler.
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.generation.fetch_add(1, Relaxed);
+    }
+
+    /// A response was fully sent (or abandoned).
+    pub fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        self.generation.fetch_add(1, Relaxed);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Idle,
+    ReadingHead,
+    Busy,
+}
+
+/// The limits a guard enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct GuardLimits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// A stream wrapper that enforces [`GuardLimits`]; see the module docs.
+pub struct GuardedIo<I> {
+    inner: I,
+    state: Arc<ConnState>,
+    limits: GuardLimits,
+    sleep: Pin<Box<Sleep>>,
+    deadline: Option<Instant>,
+    phase: Phase,
+    seen_generation: u64,
+    /// None until the first bytes tell HTTP/1 from HTTP/2.
+    http2: Option<bool>,
+    on_header_timeout: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl<I> GuardedIo<I> {
+    pub fn new(inner: I, state: Arc<ConnState>, limits: GuardLimits, http2: Option<bool>) -> Self {
+        let now = Instant::now();
+        GuardedIo {
+            inner,
+            state,
+            limits,
+            sleep: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
+            deadline: None,
+            phase: Phase::Idle,
+            seen_generation: 0,
+            http2,
+            on_header_timeout: None,
+        }
+    }
+
+    /// Called once when a head timeout closes the connection (to count it).
+    pub fn on_header_timeout(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_header_timeout = Some(Box::new(f));
+        self
+    }
+
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+
+    /// Moves the phase along from what the engine reported and what was just read.
+    fn update_phase(&mut self, read_bytes: bool) {
+        let generation = self.state.generation.load(Relaxed);
+        let busy = self.state.in_flight() > 0;
+        let before = self.phase;
+        if busy {
+            self.phase = Phase::Busy;
+        } else if generation != self.seen_generation && self.phase != Phase::Idle {
+            // The last response finished: idle again until new bytes arrive.
+            self.phase = Phase::Idle;
+        }
+        if read_bytes && self.phase == Phase::Idle {
+            self.phase = if self.http2 == Some(true) { Phase::Idle } else { Phase::ReadingHead };
+        }
+        self.seen_generation = generation;
+        if self.phase != before || read_bytes && self.phase == Phase::Idle {
+            self.deadline = None;
+        }
+    }
+
+    fn deadline_for_phase(&mut self) -> Option<Instant> {
+        if self.deadline.is_none() {
+            self.deadline = match self.phase {
+                Phase::Busy => None,
+                Phase::Idle => Some(Instant::now() + self.limits.idle_timeout),
+                Phase::ReadingHead => Some(Instant::now() + self.limits.header_read_timeout),
+            };
+        }
+        self.deadline
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let got = &buf.filled()[before..];
+                if this.http2.is_none() && !got.is_empty() {
+                    this.http2 = Some(got.starts_with(H2_PREFACE));
+                }
+                this.update_phase(!got.is_empty());
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                this.update_phase(false);
+                let Some(deadline) = this.deadline_for_phase() else { return Poll::Pending };
+                if this.sleep.deadline() != deadline {
+                    this.sleep.as_mut().reset(deadline);
+                }
+                if this.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if this.phase == Phase::ReadingHead {
+                    if let Some(f) = &this.on_header_timeout {
+                        f();
+                    }
+                    if this.http2 != Some(true) {
+                        // Best effort: the answer is small and the socket is idle, so one write
+                        // almost always takes it whole; if not, the client just sees the close.
+                        let _ = Pin::new(&mut this.inner).poll_write(cx, RESPONSE_408);
+                        let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                    }
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head timeout")));
+                }
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle connection timeout")))
+            }
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn limits() -> GuardLimits {
+        GuardLimits { header_read_timeout: Duration::from_millis(200), idle_timeout: Duration::from_millis(500) }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_head_gets_408() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut io = GuardedIo::new(server, ConnState::new(), limits(), None);
+        client.write_all(b"GET / HT").await.expect("write");
+        let mut buf = [0u8; 64];
+        let n = io.read(&mut buf).await.expect("first bytes");
+        assert_eq!(n, 8);
+        let err = io.read(&mut buf).await.expect_err("must time out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let mut answer = Vec::new();
+        drop(io);
+        client.read_to_end(&mut answer).await.expect("read answer");
+        assert!(answer.starts_with(b"HTTP/1.1 408 "));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connection_is_closed_quietly() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let state = ConnState::new();
+        let mut io = GuardedIo::new(server, state.clone(), limits(), None);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 64];
+        let n = io.read(&mut buf).await.expect("request");
+        assert!(n > 0);
+        state.request_started();
+        state.request_finished();
+        let start = Instant::now();
+        let err = io.read(&mut buf).await.expect_err("idle timeout");
+        assert!(start.elapsed() >= Duration::from_millis(500));
+        assert_eq!(err.to_string(), "idle connection timeout");
+        drop(io);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("read");
+        assert!(answer.is_empty(), "an idle close sends nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn busy_connection_has_no_limit() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let state = ConnState::new();
+        let mut io = GuardedIo::new(server, state.clone(), limits(), None);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 64];
+        let n = io.read(&mut buf).await.expect("request");
+        assert!(n > 0);
+        state.request_started();
+        let waited = tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf)).await;
+        assert!(waited.is_err(), "a busy connection must not be cut by the guard");
+    }
+}

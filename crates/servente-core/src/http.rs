@@ -1,0 +1,275 @@
+//! The HTTP engine shared by every HTTP-based role: hyper for HTTP/1.1 and HTTP/2, the
+//! per-request bookkeeping (limits, metrics, access log, panic isolation) and the response
+//! body type roles answer with.
+//!
+//! A role never sees a socket. It implements [`Router`]: given a request and a [`RequestCx`]
+//! (listener, peer, TLS), it returns a `Response<Body>` and may say which site answered
+//! (for metrics and logs) by setting [`RequestCx::site`].
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::{Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+
+use crate::access_log::{AccessLogger, AccessRecord};
+use crate::guard::ConnState;
+use crate::metrics::{Metrics, SiteStats};
+
+/// A response body: nothing, bytes in memory, or a stream (files, compression, proxies).
+pub enum Body {
+    Empty,
+    Full(Option<Bytes>),
+    Stream(UnsyncBoxBody<Bytes, io::Error>),
+}
+
+impl Body {
+    pub fn empty() -> Self {
+        Body::Empty
+    }
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        Body::Full(Some(b.into()))
+    }
+    pub fn stream<B>(b: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes, Error = io::Error> + Send + 'static,
+    {
+        Body::Stream(UnsyncBoxBody::new(b))
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match self.get_mut() {
+            Body::Empty => Poll::Ready(None),
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Stream(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Empty | Body::Full(None) => true,
+            Body::Full(Some(_)) => false,
+            Body::Stream(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty | Body::Full(None) => SizeHint::with_exact(0),
+            Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Body::Stream(s) => s.size_hint(),
+        }
+    }
+}
+
+/// Where a request came in, as a role needs to know it.
+pub struct RequestCx {
+    /// The listener's name from the config.
+    pub listener: Arc<str>,
+    /// The listener's index among the config's listeners (stable for a config generation).
+    pub listener_index: usize,
+    /// The client's address; `None` on a Unix socket.
+    pub peer: Option<SocketAddr>,
+    pub tls: bool,
+    /// The SNI name the TLS client asked for.
+    pub sni: Option<Arc<str>>,
+    /// Set by the role: the site (or role area) that answered, for metrics and the access log.
+    pub site: Option<Arc<SiteStats>>,
+    /// Set by the role when it knows the user (later roles with authentication).
+    pub user: Option<String>,
+}
+
+/// What an HTTP role implements. One value serves every request of a config generation; on
+/// reload the core swaps in a new one while requests in flight finish on the old one.
+pub trait Router: Send + Sync + 'static {
+    fn handle<'a>(&'a self, req: Request<Incoming>, cx: &'a mut RequestCx) -> impl Future<Output = Response<Body>> + Send + 'a;
+}
+
+/// Per-connection facts the engine needs for every request.
+pub(crate) struct ConnInfo {
+    pub listener: Arc<str>,
+    pub listener_index: usize,
+    pub peer: Option<SocketAddr>,
+    pub tls: bool,
+    pub sni: Option<Arc<str>>,
+    pub state: Arc<ConnState>,
+}
+
+/// Process-wide pieces the engine uses for every request.
+pub(crate) struct Engine {
+    pub metrics: Arc<Metrics>,
+    pub access_log: arc_swap::ArcSwap<AccessLogger>,
+    pub max_body_bytes: std::sync::atomic::AtomicU64,
+    pub unknown_site: Arc<SiteStats>,
+}
+
+/// Serves one request: limits, the role's handler inside a panic guard, and the bookkeeping
+/// done when the response body ends.
+pub(crate) async fn serve_request<R: Router>(
+    router: Arc<R>,
+    engine: Arc<Engine>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<TrackedBody>, Infallible> {
+    let started = Instant::now();
+    conn.state.request_started();
+    let log = engine.access_log.load();
+    let log_fields = log.enabled().then(|| LogFields::from_request(&req));
+    let mut cx = RequestCx {
+        listener: conn.listener.clone(),
+        listener_index: conn.listener_index,
+        peer: conn.peer,
+        tls: conn.tls,
+        sni: conn.sni.clone(),
+        site: None,
+        user: None,
+    };
+    let max_body = engine.max_body_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let response = if declared.is_some_and(|n| n > max_body) {
+        simple_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+    } else {
+        match AssertUnwindSafe(router.handle(req, &mut cx)).catch_unwind().await {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(listener = %conn.listener, panic = %what, "a request handler panicked; answering 500 and closing the connection");
+                let mut r = simple_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+                r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r
+            }
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let done = Completion {
+        status: parts.status.as_u16(),
+        bytes: 0,
+        started,
+        site: cx.site.take().unwrap_or_else(|| engine.unknown_site.clone()),
+        state: conn.state.clone(),
+        log: log_fields.map(|f| (f, log.as_ref().clone(), conn.peer, cx.user.take())),
+    };
+    Ok(Response::from_parts(parts, TrackedBody { inner: body, done }))
+}
+
+/// A short plain-text response, for errors the engine or a role answers itself.
+pub fn simple_response(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::full(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// The request fields the access log needs, copied before the request goes to the role.
+struct LogFields {
+    method: String,
+    target: String,
+    version: &'static str,
+    host: Option<String>,
+    referer: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl LogFields {
+    fn from_request(req: &Request<Incoming>) -> Self {
+        let h = |name: header::HeaderName| req.headers().get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        LogFields {
+            method: req.method().as_str().to_string(),
+            target: req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()),
+            version: match req.version() {
+                http::Version::HTTP_2 => "HTTP/2.0",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            host: req.uri().host().map(str::to_string).or_else(|| h(header::HOST)),
+            referer: h(header::REFERER),
+            user_agent: h(header::USER_AGENT),
+        }
+    }
+}
+
+/// Records a request in metrics and the access log when its body ends or is dropped.
+struct Completion {
+    status: u16,
+    bytes: u64,
+    started: Instant,
+    site: Arc<SiteStats>,
+    state: Arc<ConnState>,
+    log: Option<(LogFields, AccessLogger, Option<SocketAddr>, Option<String>)>,
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        self.site.record(self.status, self.bytes, elapsed);
+        self.state.request_finished();
+        if let Some((f, logger, peer, user)) = &self.log {
+            let peer = peer.map(|p| p.ip().to_string()).unwrap_or_else(|| "unix".into());
+            logger.log(&AccessRecord {
+                peer: &peer,
+                user: user.as_deref(),
+                time: SystemTime::now(),
+                method: &f.method,
+                target: &f.target,
+                version: f.version,
+                status: self.status,
+                bytes: self.bytes,
+                referer: f.referer.as_deref(),
+                user_agent: f.user_agent.as_deref(),
+                host: f.host.as_deref(),
+                site: self.site.name(),
+                duration_micros: elapsed.as_micros() as u64,
+            });
+        }
+    }
+}
+
+/// The body hyper sends: the role's body, counting bytes, with [`Completion`] attached.
+pub struct TrackedBody {
+    inner: Body,
+    done: Completion,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.done.bytes += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,366 @@
+//! The server: running listeners, accepting connections within limits, TLS, serving them with
+//! the HTTP engine, and changing all of that on reload or stopping it on shutdown.
+//!
+//! [`Server::apply`] takes the listeners of a config generation: it binds the new addresses
+//! first (so a failed bind changes nothing), then swaps in the new router and settings, updates
+//! listeners that stay (their TLS certificates, role) and stops those that went away.
+//! Connections already established keep running on the router they started with for the
+//! request in flight, and on the new one for their next request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use servente_config::{Config, ListenAddress, ListenerRole};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::access_log::AccessLogger;
+use crate::guard::{ConnState, GuardLimits, GuardedIo};
+use crate::http::{ConnInfo, Engine, Router, serve_request};
+use crate::listen::{Accepted, BoundListener, bind};
+use crate::metrics::Metrics;
+
+/// One listener as the core runs it, built from a config `[[listener]]`.
+pub struct ListenerSpec {
+    pub name: Arc<str>,
+    pub index: usize,
+    pub address: ListenAddress,
+    pub unix_mode: Option<u32>,
+    pub role: ListenerRole,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Connection-level settings of a config generation.
+pub struct Settings {
+    guard: GuardLimits,
+    tls_handshake_timeout: Duration,
+    max_connections: usize,
+    max_body_bytes: u64,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        let l = &config.limits;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let max_header = l.max_header_bytes.0.max(8192) as usize;
+        {
+            let mut h1 = builder.http1();
+            h1.timer(TokioTimer::new())
+                .header_read_timeout(None)
+                .keep_alive(true)
+                // A request head must fit in the read buffer: hyper answers 431 when it does not.
+                .max_buf_size(max_header);
+            if l.max_headers != 100 {
+                // hyper keeps up to 100 headers on the stack; only a different limit costs a heap buffer.
+                h1.max_headers(l.max_headers);
+            }
+        }
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(max_header as u32)
+            .max_concurrent_streams(256)
+            .keep_alive_interval(None);
+        Settings {
+            guard: GuardLimits { header_read_timeout: l.header_read_timeout.0, idle_timeout: l.idle_timeout.0 },
+            tls_handshake_timeout: l.tls_handshake_timeout.0,
+            max_connections: config.server.max_connections,
+            max_body_bytes: l.max_body_bytes.0,
+            builder,
+        }
+    }
+}
+
+struct Shared<R> {
+    router: ArcSwap<R>,
+    settings: ArcSwap<Settings>,
+    engine: Arc<Engine>,
+    open: AtomicUsize,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+struct Running {
+    spec: Arc<ArcSwap<ListenerSpec>>,
+    stop: CancellationToken,
+    local: String,
+}
+
+/// A running server; see the module docs.
+pub struct Server<R: Router> {
+    shared: Arc<Shared<R>>,
+    running: Mutex<HashMap<ListenAddress, Running>>,
+}
+
+/// What [`Server::apply`] reports for each listener.
+pub struct Bound {
+    pub name: Arc<str>,
+    pub role: ListenerRole,
+    pub tls: bool,
+    /// The address really bound (the real port when the config said 0).
+    pub local: String,
+}
+
+impl<R: Router> Server<R> {
+    /// Binds the listeners and starts serving them with `router`.
+    pub fn start(
+        listeners: Vec<ListenerSpec>,
+        router: R,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        access_log: AccessLogger,
+    ) -> std::io::Result<(Self, Vec<Bound>)> {
+        let server = Self::new(router, settings, metrics, access_log);
+        let bound = server.apply_listeners(listeners, || {})?;
+        Ok((server, bound))
+    }
+
+    fn new(router: R, settings: Settings, metrics: Arc<Metrics>, access_log: AccessLogger) -> Self {
+        let engine = Arc::new(Engine {
+            unknown_site: metrics.site("-"),
+            metrics,
+            access_log: ArcSwap::from_pointee(access_log),
+            max_body_bytes: settings.max_body_bytes.into(),
+        });
+        Server {
+            shared: Arc::new(Shared {
+                router: ArcSwap::from_pointee(router),
+                settings: ArcSwap::from_pointee(settings),
+                engine,
+                open: AtomicUsize::new(0),
+                shutdown: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+            }),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.engine.metrics
+    }
+
+    /// Makes `listeners`, `router` and `settings` the running generation; see the module docs.
+    pub fn apply(
+        &self,
+        listeners: Vec<ListenerSpec>,
+        router: R,
+        settings: Settings,
+        access_log: Option<AccessLogger>,
+    ) -> std::io::Result<Vec<Bound>> {
+        self.apply_listeners(listeners, || {
+            self.shared.router.store(Arc::new(router));
+            self.shared.engine.max_body_bytes.store(settings.max_body_bytes, Relaxed);
+            self.shared.settings.store(Arc::new(settings));
+            if let Some(log) = access_log {
+                self.shared.engine.access_log.store(Arc::new(log));
+            }
+        })
+    }
+
+    /// Binds what is new (failing before any change), runs `activate`, then updates the
+    /// listeners that stay and stops those that went away.
+    fn apply_listeners(&self, listeners: Vec<ListenerSpec>, activate: impl FnOnce()) -> std::io::Result<Vec<Bound>> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fresh = Vec::new();
+        for spec in &listeners {
+            if !running.contains_key(&spec.address) {
+                fresh.push((spec.address.clone(), bind(&spec.address, spec.unix_mode)?));
+            }
+        }
+        activate();
+        let wanted: Vec<ListenAddress> = listeners.iter().map(|l| l.address.clone()).collect();
+        running.retain(|address, r| {
+            let keep = wanted.contains(address);
+            if !keep {
+                tracing::info!(listener = %r.spec.load().name, address = %r.local, "listener closed");
+                r.stop.cancel();
+            }
+            keep
+        });
+        let mut fresh: HashMap<ListenAddress, BoundListener> = fresh.into_iter().collect();
+        let mut bound = Vec::new();
+        for spec in listeners {
+            let address = spec.address.clone();
+            let (name, role, tls) = (spec.name.clone(), spec.role, spec.tls.is_some());
+            let local = if let Some(r) = running.get(&address) {
+                r.spec.store(Arc::new(spec));
+                r.local.clone()
+            } else if let Some(listener) = fresh.remove(&address) {
+                let local = listener.local_address();
+                let spec = Arc::new(ArcSwap::from_pointee(spec));
+                let stop = CancellationToken::new();
+                self.shared.tracker.spawn(accept_loop(listener, spec.clone(), self.shared.clone(), stop.clone()));
+                running.insert(address, Running { spec, stop, local: local.clone() });
+                local
+            } else {
+                continue;
+            };
+            bound.push(Bound { name, role, tls, local });
+        }
+        Ok(bound)
+    }
+
+    /// Stops accepting, asks every connection to finish its request in flight, and waits up
+    /// to `grace`. Returns whether everything finished in time.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.shared.shutdown.cancel();
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.shared.tracker.close();
+        tokio::time::timeout(grace, self.shared.tracker.wait()).await.is_ok()
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Relaxed)
+    }
+}
+
+async fn accept_loop<R: Router>(
+    listener: BoundListener,
+    spec: Arc<ArcSwap<ListenerSpec>>,
+    shared: Arc<Shared<R>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = shared.shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let spec = spec.load_full();
+                let max = shared.settings.load().max_connections;
+                let metrics = &shared.engine.metrics;
+                if shared.open.fetch_add(1, Relaxed) >= max {
+                    shared.open.fetch_sub(1, Relaxed);
+                    metrics.connections_refused.fetch_add(1, Relaxed);
+                    tokio::spawn(refuse(stream, spec.tls.is_none()));
+                    continue;
+                }
+                metrics.connections_total.fetch_add(1, Relaxed);
+                metrics.connections_open.fetch_add(1, Relaxed);
+                let shared2 = shared.clone();
+                shared.tracker.spawn(async move {
+                    let _open = OpenGuard(shared2.clone());
+                    match stream {
+                        Accepted::Tcp(s) => serve_stream(s, peer, spec, shared2).await,
+                        Accepted::Unix(s) => serve_stream(s, peer, spec, shared2).await,
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors or a similar passing condition: wait a little rather
+                // than spin; the connections that hold descriptors will close.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+struct OpenGuard<R>(Arc<Shared<R>>);
+
+impl<R> Drop for OpenGuard<R> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+        self.0.engine.metrics.connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Answers a connection over the limit: 503 on plain HTTP, a close on TLS (where a plain-text
+/// answer would be noise to the client).
+async fn refuse(stream: Accepted, plain: bool) {
+    const BUSY: &[u8] =
+        b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-length: 20\r\n\r\ntoo many connections";
+    if plain {
+        let write = async {
+            match stream {
+                Accepted::Tcp(mut s) => s.write_all(BUSY).await.and(s.shutdown().await),
+                Accepted::Unix(mut s) => s.write_all(BUSY).await.and(s.shutdown().await),
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+    }
+}
+
+async fn serve_stream<R, IO>(io: IO, peer: Option<SocketAddr>, spec: Arc<ListenerSpec>, shared: Arc<Shared<R>>)
+where
+    R: Router,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(tls) = spec.tls.clone() else {
+        return serve_http(io, None, None, peer, spec, shared).await;
+    };
+    let timeout = shared.settings.load().tls_handshake_timeout;
+    let metrics = &shared.engine.metrics;
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(timeout, tokio_rustls::TlsAcceptor::from(tls).accept(io)) => r,
+        _ = shared.shutdown.cancelled() => return,
+    };
+    match accepted {
+        Ok(Ok(stream)) => {
+            metrics.tls_handshakes.fetch_add(1, Relaxed);
+            let (_, session) = stream.get_ref();
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            let sni: Option<Arc<str>> = session.server_name().map(Arc::from);
+            serve_http(stream, Some(h2), sni, peer, spec, shared).await;
+        }
+        Ok(Err(e)) => {
+            metrics.tls_handshake_failures.fetch_add(1, Relaxed);
+            tracing::debug!(listener = %spec.name, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            metrics.tls_handshake_failures.fetch_add(1, Relaxed);
+            tracing::debug!(listener = %spec.name, "TLS handshake timed out");
+        }
+    }
+}
+
+async fn serve_http<R, IO>(
+    io: IO,
+    h2: Option<bool>,
+    sni: Option<Arc<str>>,
+    peer: Option<SocketAddr>,
+    spec: Arc<ListenerSpec>,
+    shared: Arc<Shared<R>>,
+) where
+    R: Router,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = shared.settings.load_full();
+    let state = ConnState::new();
+    let metrics = shared.engine.metrics.clone();
+    let guarded = GuardedIo::new(io, state.clone(), settings.guard, h2).on_header_timeout(move || {
+        metrics.header_timeouts.fetch_add(1, Relaxed);
+    });
+    let info = Arc::new(ConnInfo { listener: spec.name.clone(), listener_index: spec.index, peer, tls: spec.tls.is_some(), sni, state });
+    let shared2 = shared.clone();
+    let service = service_fn(move |req| serve_request(shared2.router.load_full(), shared2.engine.clone(), info.clone(), req));
+    let builder = match h2 {
+        Some(true) => settings.builder.clone().http2_only(),
+        Some(false) => settings.builder.clone().http1_only(),
+        None => settings.builder.clone(),
+    };
+    let conn = builder.serve_connection(TokioIo::new(guarded), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(listener = %spec.name, error = %e, "connection ended with an error");
+    }
+}

@@ -1,0 +1,131 @@
+//! servente's web role: static sites.
+//!
+//! [`WebRole`] holds the sites of one config generation and picks the site for a request by
+//! listener and Host (then SNI); [`site::Site`] answers from the site's root. The wire-level
+//! logic (paths, conditionals, ranges, negotiation) lives in modules that do no IO.
+
+pub mod conditional;
+pub mod files;
+pub mod listing;
+pub mod negotiate;
+pub mod path;
+pub mod range;
+pub mod site;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{Request, Response, header};
+use servente_config::{Config, ListenerRole};
+use servente_core::metrics::Metrics;
+use servente_core::{Body, RequestCx};
+
+pub use files::Budget;
+pub use site::Site;
+
+/// The sites reachable on one listener.
+#[derive(Default)]
+struct HostMap {
+    exact: HashMap<String, usize>,
+    /// `*.example.org` stored as `example.org`.
+    wildcard: HashMap<String, usize>,
+    default: Option<usize>,
+}
+
+/// Every site of a config generation, and how requests find them.
+pub struct WebRole {
+    sites: Vec<Site>,
+    /// Indexed by listener index; `None` for listeners of other roles.
+    hosts: Vec<Option<HostMap>>,
+}
+
+impl WebRole {
+    /// Builds the sites; `budget` is shared across reloads so memory stays bounded.
+    pub fn new(config: &Config, metrics: &Metrics, budget: Arc<Budget>) -> Result<Self, Vec<String>> {
+        let mut sites = Vec::new();
+        let mut errors = Vec::new();
+        for s in &config.sites {
+            match Site::new(s, metrics.site(&s.name), budget.clone()) {
+                Ok(site) => sites.push(site),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let explicit_default = config.sites.iter().position(|s| s.default);
+        let hosts = config
+            .listeners
+            .iter()
+            .map(|l| {
+                if l.role.get() != ListenerRole::Web {
+                    return None;
+                }
+                let mut map = HostMap::default();
+                for (i, s) in config.sites.iter().enumerate() {
+                    if !s.listeners.is_empty() && !s.listeners.contains(&l.name) {
+                        continue;
+                    }
+                    for h in &s.hosts {
+                        let h = h.to_ascii_lowercase();
+                        match h.strip_prefix("*.") {
+                            Some(suffix) => map.wildcard.insert(suffix.to_string(), i),
+                            None => map.exact.insert(h, i),
+                        };
+                    }
+                    if map.default.is_none() || explicit_default == Some(i) {
+                        map.default = Some(i);
+                    }
+                }
+                if explicit_default.is_some_and(|d| config.sites[d].listeners.is_empty() || config.sites[d].listeners.contains(&l.name)) {
+                    map.default = explicit_default;
+                }
+                Some(map)
+            })
+            .collect();
+        Ok(WebRole { sites, hosts })
+    }
+
+    /// The site for a request on a listener, by Host (or :authority), then SNI, then default.
+    pub fn site_for<B>(&self, req: &Request<B>, cx: &RequestCx) -> Option<&Site> {
+        let map = self.hosts.get(cx.listener_index)?.as_ref()?;
+        let host = req.uri().host().or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok())).or(cx.sni.as_deref());
+        let index = host
+            .map(|h| strip_port(h).to_ascii_lowercase())
+            .and_then(|h| {
+                let h = h.trim_end_matches('.');
+                map.exact.get(h).or_else(|| h.split_once('.').and_then(|(_, suffix)| map.wildcard.get(suffix))).copied()
+            })
+            .or(map.default)?;
+        self.sites.get(index)
+    }
+
+    pub async fn handle<B>(&self, req: Request<B>, cx: &mut RequestCx) -> Response<Body> {
+        match self.site_for(&req, cx) {
+            Some(site) => {
+                cx.site = Some(site.stats.clone());
+                site.handle(&req).await
+            }
+            None => servente_core::simple_response(http::StatusCode::MISDIRECTED_REQUEST, "no site serves this host\n"),
+        }
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map(|(h, _)| &h[1..]).unwrap_or(host);
+    }
+    host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map(|(h, _)| h).unwrap_or(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("example.org:8080"), "example.org");
+        assert_eq!(strip_port("example.org"), "example.org");
+        assert_eq!(strip_port("[::1]:8080"), "::1");
+    }
+}
