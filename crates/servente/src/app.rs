@@ -20,6 +20,12 @@ pub struct AppRouter {
 
 impl Router for AppRouter {
     async fn handle<'a>(&'a self, req: Request<Incoming>, cx: &'a mut RequestCx) -> Response<Body> {
+        // Debug builds only, and only when asked: lets the tests prove a panicking handler ends
+        // one request, never the process.
+        #[cfg(debug_assertions)]
+        if req.uri().path() == "/__servente_test_panic" && std::env::var_os("SERVENTE_TEST_HOOKS").is_some() {
+            panic!("test hook: deliberate panic");
+        }
         match self.roles.get(cx.listener_index).map(|r| r.get()) {
             Some(ListenerRole::Admin) => self.admin.handle(&req, cx),
             _ => self.web.handle(req, cx).await,
