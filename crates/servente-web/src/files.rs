@@ -81,7 +81,7 @@ pub struct CachedBytes {
 pub struct Sidecar {
     pub path: PathBuf,
     pub len: u64,
-    pub etag: String,
+    pub etag: HeaderValue,
     pub body: Option<CachedBytes>,
 }
 
@@ -93,7 +93,7 @@ pub struct FileMeta {
     pub modified: u64,
     identity: (u64, u64, i64, i64, u64),
     /// Strong entity tags: identity, then one per [`Coding`] for on-the-fly compression.
-    pub etags: [String; 4],
+    pub etags: [HeaderValue; 4],
     pub content_type: HeaderValue,
     /// Headers every response for this file carries (type, validators, rules), without length.
     pub headers: HeaderMap,
@@ -283,7 +283,7 @@ fn file_target(
     let len = meta.len();
     let modified = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()).unwrap_or(0);
     let base_tag = format!("{:x}-{:x}{:x}", len, meta.mtime(), meta.mtime_nsec());
-    let etags = [format!("\"{base_tag}\""), format!("\"{base_tag}-br\""), format!("\"{base_tag}-zst\""), format!("\"{base_tag}-gz\"")];
+    let etags = ["", "-br", "-zst", "-gz"].map(|suffix| etag_value(&format!("\"{base_tag}{suffix}\"")));
     let mime = content_type_for(&path);
     let compressible = o.is_compressible(mime.to_str().unwrap_or(""));
     let sidecars: [Option<Sidecar>; 3] =
@@ -347,9 +347,14 @@ fn sidecar(path: &Path, c: Coding, original: &std::fs::Metadata, base_tag: &str,
         return None;
     }
     let len = m.len();
-    let etag = format!("\"{base_tag}-{}{:x}\"", c.extension(), len);
+    let etag = etag_value(&format!("\"{base_tag}-{}{:x}\"", c.extension(), len));
     let body = read_small(&path, len, budget);
     Some(Sidecar { path, len, etag, body })
+}
+
+/// Entity tags are made of hex digits, dashes and letters, so they are always valid values.
+fn etag_value(tag: &str) -> HeaderValue {
+    HeaderValue::from_str(tag).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
 fn read_small(path: &Path, len: u64, budget: &Arc<Budget>) -> Option<CachedBytes> {

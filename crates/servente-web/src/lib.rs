@@ -91,7 +91,15 @@ impl WebRole {
         let map = self.hosts.get(cx.listener_index)?.as_ref()?;
         let host = req.uri().host().or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok())).or(cx.sni.as_deref());
         let index = host
-            .map(|h| strip_port(h).to_ascii_lowercase())
+            .map(|h| {
+                let h = strip_port(h);
+                // Most clients send lower case already; only others pay for a copy.
+                if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                    std::borrow::Cow::Owned(h.to_ascii_lowercase())
+                } else {
+                    std::borrow::Cow::Borrowed(h)
+                }
+            })
             .and_then(|h| {
                 let h = h.trim_end_matches('.');
                 map.exact.get(h).or_else(|| h.split_once('.').and_then(|(_, suffix)| map.wildcard.get(suffix))).copied()

@@ -267,16 +267,15 @@ impl Site {
                 None => rep = Rep::Identity,
             }
         }
-        let (etag, len): (&str, Option<u64>) = match (&rep, &compressed) {
+        let (etag, len): (&HeaderValue, Option<u64>) = match (&rep, &compressed) {
             (Rep::Identity, _) => (&f.etags[0], Some(f.len)),
             (Rep::Sidecar(_, s), _) => (&s.etag, Some(s.len)),
             (Rep::OnTheFly(c), Some(b)) => (&f.etags[c.index() + 1], Some(b.len() as u64)),
             (Rep::OnTheFly(c), None) => (&f.etags[c.index() + 1], None),
         };
         let mut headers = f.headers.clone();
-        if let Ok(v) = HeaderValue::from_str(etag) {
-            headers.insert(header::ETAG, v);
-        }
+        headers.insert(header::ETAG, etag.clone());
+        let etag = etag.to_str().unwrap_or("");
         if let Rep::Sidecar(c, _) | Rep::OnTheFly(c) = rep {
             headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(c.token()));
         }

@@ -13,7 +13,8 @@ use servente_web::{Budget, WebRole};
 
 /// The router of one config generation: the role of each listener, and each role's state.
 pub struct AppRouter {
-    roles: Vec<ListenerRole>,
+    /// Name and role of each listener, by index in the config.
+    roles: Vec<(String, ListenerRole)>,
     web: WebRole,
     admin: Admin,
 }
@@ -26,9 +27,21 @@ impl Router for AppRouter {
         if req.uri().path() == "/__servente_test_panic" && std::env::var_os("SERVENTE_TEST_HOOKS").is_some() {
             panic!("test hook: deliberate panic");
         }
-        match self.roles.get(cx.listener_index).map(|r| r.get()) {
-            Some(ListenerRole::Admin) => self.admin.handle(&req, cx),
-            _ => self.web.handle(req, cx).await,
+        // A connection accepted under an older config keeps the listener index of that config;
+        // the name tells which listener it is now (indexes move when listeners are added).
+        if self.roles.get(cx.listener_index).is_none_or(|(name, _)| **name != *cx.listener) {
+            match self.roles.iter().position(|(name, _)| **name == *cx.listener) {
+                Some(i) => cx.listener_index = i,
+                None => {
+                    let mut r = servente_core::simple_response(StatusCode::MISDIRECTED_REQUEST, "this listener was removed by a reload\n");
+                    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return r;
+                }
+            }
+        }
+        match self.roles[cx.listener_index].1 {
+            ListenerRole::Admin => self.admin.handle(&req, cx),
+            ListenerRole::Web => self.web.handle(req, cx).await,
         }
     }
 }
@@ -98,7 +111,7 @@ pub fn build(config: &Config, metrics: &Arc<Metrics>, budget: &Arc<Budget>) -> R
     match web {
         Some(web) if errors.is_empty() => Ok(Generation {
             router: AppRouter {
-                roles: config.listeners.iter().map(|l| l.role.get()).collect(),
+                roles: config.listeners.iter().map(|l| (l.name.clone(), l.role.get())).collect(),
                 web,
                 admin: Admin { metrics: metrics.clone(), stats: metrics.site("admin") },
             },
