@@ -93,6 +93,8 @@ pub struct RequestCx {
     pub site: Option<Arc<SiteStats>>,
     /// Set by the role when it knows the user (later roles with authentication).
     pub user: Option<String>,
+    /// When the request head was handed over: a clock reading roles can reuse.
+    pub started: Instant,
 }
 
 /// What an HTTP role implements. One value serves every request of a config generation; on
@@ -139,6 +141,7 @@ pub(crate) async fn serve_request<R: Router>(
         sni: conn.sni.clone(),
         site: None,
         user: None,
+        started,
     };
     let max_body = engine.max_body_bytes.load(std::sync::atomic::Ordering::Relaxed);
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());

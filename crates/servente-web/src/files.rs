@@ -14,6 +14,7 @@ use std::time::{Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use servente_config::SymlinkPolicy;
 
@@ -33,8 +34,8 @@ impl Budget {
         Arc::new(Budget { used: AtomicU64::new(0), max_total, max_file, revalidate_ms, epoch: Instant::now() })
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    fn ms_since_epoch(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// Reserves `n` bytes if they fit; the returned charge gives them back when dropped.
@@ -89,6 +90,8 @@ pub struct Sidecar {
 pub struct FileMeta {
     pub path: PathBuf,
     pub len: u64,
+    /// `len` as a Content-Length value, made once.
+    pub len_value: HeaderValue,
     /// Whole seconds since the epoch.
     pub modified: u64,
     identity: (u64, u64, i64, i64, u64),
@@ -164,19 +167,19 @@ const MAX_ENTRIES: usize = 100_000;
 
 /// The per-site cache of resolved paths.
 pub struct FileCache {
-    map: DashMap<String, Entry>,
+    map: DashMap<String, Entry, RandomState>,
     budget: Arc<Budget>,
 }
 
 impl FileCache {
     pub fn new(budget: Arc<Budget>) -> Self {
-        FileCache { map: DashMap::new(), budget }
+        FileCache { map: DashMap::with_hasher(RandomState::default()), budget }
     }
 
     /// Looks `key` (the clean URL path) up. When an entry is stale, only the first request
     /// to see it gets `Miss` and revalidates; the others keep serving what is cached meanwhile.
-    pub fn lookup(&self, key: &str) -> Lookup {
-        let now = self.budget.now_ms();
+    pub fn lookup(&self, key: &str, now: Instant) -> Lookup {
+        let now = self.budget.ms_since_epoch(now);
         match self.map.get(key) {
             Some(e) => {
                 let checked = e.checked_ms.load(Relaxed);
@@ -196,7 +199,8 @@ impl FileCache {
         if self.map.len() >= MAX_ENTRIES {
             self.map.clear();
         }
-        self.map.insert(key, Entry { checked_ms: AtomicU64::new(self.budget.now_ms()), target });
+        let now = self.budget.ms_since_epoch(Instant::now());
+        self.map.insert(key, Entry { checked_ms: AtomicU64::new(now), target });
     }
 }
 
@@ -304,6 +308,7 @@ fn file_target(
     Target::File(Arc::new(FileMeta {
         path,
         len,
+        len_value: HeaderValue::from(len),
         modified,
         identity: id,
         etags,

@@ -13,6 +13,8 @@ pub mod range;
 pub mod site;
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::sync::Arc;
 
 use http::{Request, Response, header};
@@ -26,9 +28,9 @@ pub use site::Site;
 /// The sites reachable on one listener.
 #[derive(Default)]
 struct HostMap {
-    exact: HashMap<String, usize>,
+    exact: HashMap<String, usize, RandomState>,
     /// `*.example.org` stored as `example.org`.
-    wildcard: HashMap<String, usize>,
+    wildcard: HashMap<String, usize, RandomState>,
     default: Option<usize>,
 }
 
@@ -112,7 +114,7 @@ impl WebRole {
         match self.site_for(&req, cx) {
             Some(site) => {
                 cx.site = Some(site.stats.clone());
-                site.handle(&req).await
+                site.handle(&req, cx.started).await
             }
             None => servente_core::simple_response(http::StatusCode::MISDIRECTED_REQUEST, "no site serves this host\n"),
         }

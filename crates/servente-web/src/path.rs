@@ -5,6 +5,8 @@
 //! never create a new path component; it is refused instead. `..` may climb inside the path
 //! but never above the root. Every decoded segment is checked for NUL and backslashes.
 
+use std::borrow::Cow;
+
 /// Why a request path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathError {
@@ -14,36 +16,36 @@ pub enum PathError {
     Hidden,
 }
 
-/// A normalized request path.
+/// A normalized request path. In the common case (nothing to decode or collapse) both forms
+/// borrow from the request, so the hot path allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CleanPath {
+pub struct CleanPath<'a> {
     /// Relative path under the root, segments joined by `/`, no leading slash; empty for the root.
-    pub relative: String,
+    pub relative: Cow<'a, str>,
+    /// The same as a URL path: a leading `/`, and a trailing one when asked for (not encoded).
+    pub url_path: Cow<'a, str>,
     /// Whether the request path ended with `/` (asks for a folder).
     pub trailing_slash: bool,
 }
 
-impl CleanPath {
-    /// The path as a URL path, starting with `/` (not percent-encoded).
-    pub fn url_path(&self) -> String {
-        let mut s = String::with_capacity(self.relative.len() + 2);
+fn url_path_of(relative: &str, trailing_slash: bool) -> String {
+    let mut s = String::with_capacity(relative.len() + 2);
+    s.push('/');
+    s.push_str(relative);
+    if trailing_slash && !relative.is_empty() {
         s.push('/');
-        s.push_str(&self.relative);
-        if self.trailing_slash && !self.relative.is_empty() {
-            s.push('/');
-        }
-        s
     }
+    s
 }
 
 /// Decodes and normalizes `raw` (the path part of the request target).
-pub fn clean(raw: &str, hide_dotfiles: bool) -> Result<CleanPath, PathError> {
+pub fn clean(raw: &str, hide_dotfiles: bool) -> Result<CleanPath<'_>, PathError> {
     let rest = raw.strip_prefix('/').ok_or(PathError::BadRequest)?;
     // Fast path for the common case: nothing to decode and no empty or dot segments.
     if !rest.contains(['%', '\\']) && !raw.contains("//") && !raw.contains("/.") {
         let trailing_slash = rest.is_empty() || rest.ends_with('/');
         let relative = rest.strip_suffix('/').unwrap_or(rest);
-        return Ok(CleanPath { relative: relative.to_string(), trailing_slash });
+        return Ok(CleanPath { relative: Cow::Borrowed(relative), url_path: Cow::Borrowed(raw), trailing_slash });
     }
     let parts: Vec<&str> = rest.split('/').collect();
     let mut segments: Vec<String> = Vec::new();
@@ -81,7 +83,8 @@ pub fn clean(raw: &str, hide_dotfiles: bool) -> Result<CleanPath, PathError> {
     if hidden && hide_dotfiles {
         return Err(PathError::Hidden);
     }
-    Ok(CleanPath { relative: segments.join("/"), trailing_slash })
+    let relative = segments.join("/");
+    Ok(CleanPath { url_path: Cow::Owned(url_path_of(&relative, trailing_slash)), relative: Cow::Owned(relative), trailing_slash })
 }
 
 fn decode(segment: &str) -> Result<String, PathError> {
@@ -132,7 +135,8 @@ mod tests {
 
     fn ok(raw: &str) -> (String, bool) {
         let c = clean(raw, true).unwrap_or_else(|e| panic!("{raw}: {e:?}"));
-        (c.relative, c.trailing_slash)
+        assert_eq!(c.url_path, url_path_of(&c.relative, c.trailing_slash), "{raw}");
+        (c.relative.into_owned(), c.trailing_slash)
     }
 
     #[test]
@@ -182,7 +186,7 @@ mod tests {
         assert_eq!(clean("/.git/config", true), Err(PathError::Hidden));
         assert_eq!(clean("/a/.env", true), Err(PathError::Hidden));
         assert_eq!(clean("/%2eenv", true), Err(PathError::Hidden));
-        assert_eq!(clean("/.git/config", false).map(|c| c.relative), Ok(".git/config".into()));
+        assert_eq!(clean("/.git/config", false).map(|c| c.relative.into_owned()), Ok(".git/config".to_string()));
     }
 
     #[test]

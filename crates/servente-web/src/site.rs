@@ -6,6 +6,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
@@ -101,8 +102,8 @@ impl Site {
         })
     }
 
-    async fn lookup(&self, url_path: &str, relative: &str, trailing_slash: bool) -> Arc<Target> {
-        let previous = match self.cache.lookup(url_path) {
+    async fn lookup(&self, url_path: &str, relative: &str, trailing_slash: bool, now: Instant) -> Arc<Target> {
+        let previous = match self.cache.lookup(url_path, now) {
             Lookup::Hit(t) => return t,
             Lookup::Miss(previous) => previous,
         };
@@ -118,7 +119,8 @@ impl Site {
     }
 
     /// Answers one request.
-    pub async fn handle<B>(&self, req: &Request<B>) -> Response<Body> {
+    /// Answers one request; `now` is a recent clock reading (the request's start).
+    pub async fn handle<B>(&self, req: &Request<B>, now: Instant) -> Response<Body> {
         let method = req.method();
         if method == Method::OPTIONS {
             let mut r = empty(StatusCode::NO_CONTENT);
@@ -133,14 +135,14 @@ impl Site {
         let head = method == Method::HEAD;
         let clean = match path::clean(req.uri().path(), self.hide_dotfiles) {
             Ok(c) => c,
-            Err(PathError::BadRequest) => return self.error(StatusCode::BAD_REQUEST, head).await,
-            Err(PathError::Hidden) => return self.error(StatusCode::NOT_FOUND, head).await,
+            Err(PathError::BadRequest) => return self.error(StatusCode::BAD_REQUEST, head, now).await,
+            Err(PathError::Hidden) => return self.error(StatusCode::NOT_FOUND, head, now).await,
         };
-        let url_path = clean.url_path();
+        let url_path = &clean.url_path;
         if let Some(r) = self.redirect(&url_path, req.uri().query()) {
             return r;
         }
-        let target = self.lookup(&url_path, &clean.relative, clean.trailing_slash).await;
+        let target = self.lookup(url_path, &clean.relative, clean.trailing_slash, now).await;
         match target.as_ref() {
             Target::File(f) => self.serve_file(f, req.headers(), head).await,
             Target::AddSlash => {
@@ -161,17 +163,17 @@ impl Site {
                         let mut r = if json {
                             with_type(listing::json(&entries), "application/json")
                         } else {
-                            with_type(listing::html(&url_path, &entries), "text/html; charset=utf-8")
+                            with_type(listing::html(url_path, &entries), "text/html; charset=utf-8")
                         };
                         r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                         r.headers_mut().insert(header::VARY, HeaderValue::from_static("accept"));
                         strip_body_for_head(r, head)
                     }
-                    _ => self.error(StatusCode::FORBIDDEN, head).await,
+                    _ => self.error(StatusCode::FORBIDDEN, head, now).await,
                 }
             }
-            Target::Folder(_) | Target::Forbidden => self.error(StatusCode::FORBIDDEN, head).await,
-            Target::NotFound => self.error(StatusCode::NOT_FOUND, head).await,
+            Target::Folder(_) | Target::Forbidden => self.error(StatusCode::FORBIDDEN, head, now).await,
+            Target::NotFound => self.error(StatusCode::NOT_FOUND, head, now).await,
         }
     }
 
@@ -200,10 +202,10 @@ impl Site {
     }
 
     /// An error answer, with the site's page for that status when it has one.
-    async fn error(&self, status: StatusCode, head: bool) -> Response<Body> {
+    async fn error(&self, status: StatusCode, head: bool, now: Instant) -> Response<Body> {
         if let Some(page) = self.error_pages.get(&status.as_u16())
             && let Ok(clean) = path::clean(page, false)
-            && let Target::File(f) = self.lookup(&clean.url_path(), &clean.relative, false).await.as_ref()
+            && let Target::File(f) = self.lookup(&clean.url_path, &clean.relative, false, now).await.as_ref()
         {
             let body = match &f.body {
                 Some(b) => Some(b.bytes.clone()),
@@ -305,7 +307,8 @@ impl Site {
         };
         match ranges {
             Ranges::Full => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                let length = if let Rep::Identity = rep { f.len_value.clone() } else { HeaderValue::from(len) };
+                headers.insert(header::CONTENT_LENGTH, length);
                 let body = if head {
                     Body::Empty
                 } else {
