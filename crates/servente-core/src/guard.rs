@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -33,6 +34,9 @@ pub struct ConnState {
     in_flight: AtomicUsize,
     /// Bumped when a request is dispatched or finishes, so the guard sees that the phase moved.
     generation: AtomicU64,
+    /// The connection's reader, parked while a request was in flight: woken when the last
+    /// response finishes so that the idle clock starts.
+    parked_reader: AtomicWaker,
 }
 
 impl ConnState {
@@ -48,8 +52,11 @@ impl ConnState {
 
     /// A response was fully sent (or abandoned).
     pub fn request_finished(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
+        let before = self.in_flight.fetch_sub(1, Relaxed);
         self.generation.fetch_add(1, Relaxed);
+        if before == 1 {
+            self.parked_reader.wake();
+        }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -159,6 +166,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<I> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 this.update_phase(false);
+                if this.phase == Phase::Busy {
+                    this.state.parked_reader.register(cx.waker());
+                    // The response may have finished between the check and the registration.
+                    this.update_phase(false);
+                }
                 let Some(deadline) = this.deadline_for_phase() else { return Poll::Pending };
                 if this.sleep.deadline() != deadline {
                     this.sleep.as_mut().reset(deadline);
@@ -246,6 +258,26 @@ mod tests {
         let mut answer = Vec::new();
         client.read_to_end(&mut answer).await.expect("read");
         assert!(answer.is_empty(), "an idle close sends nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_clock_starts_when_a_response_finishes_while_the_reader_is_parked() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let state = ConnState::new();
+        let mut io = GuardedIo::new(server, state.clone(), limits(), None);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 64];
+        let n = io.read(&mut buf).await.expect("request");
+        assert!(n > 0);
+        state.request_started();
+        let finisher = state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            finisher.request_finished();
+        });
+        // Parked while busy; the finish wakes it and the idle limit then applies.
+        let err = tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf)).await.expect("closed before 5s").expect_err("idle");
+        assert_eq!(err.to_string(), "idle connection timeout");
     }
 
     #[tokio::test(start_paused = true)]

@@ -94,8 +94,14 @@ fn bind_unix(path: &Path, mode: u32) -> io::Result<BoundListener> {
         std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path).map_err(|e| io::Error::new(e.kind(), format!("cannot bind {}: {e}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    set_unix_mode(path, mode)?;
     Ok(BoundListener::Unix(listener, path.to_path_buf()))
+}
+
+/// Sets the file mode of a Unix socket (at bind, and again when a reload changes it).
+pub fn set_unix_mode(path: &Path, mode: u32) -> io::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot set the mode of {}: {e}", path.display())))
 }
 
 #[cfg(test)]

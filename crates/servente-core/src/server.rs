@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::AccessLogger;
 use crate::guard::{ConnState, GuardLimits, GuardedIo};
 use crate::http::{ConnInfo, Engine, Router, serve_request};
-use crate::listen::{Accepted, BoundListener, bind};
+use crate::listen::{Accepted, BoundListener, bind, set_unix_mode};
 use crate::metrics::Metrics;
 
 /// One listener as the core runs it, built from a config `[[listener]]`.
@@ -89,6 +89,18 @@ struct Shared<R> {
     tracker: TaskTracker,
 }
 
+/// What makes a listener "the same" across reloads: its address, and for port 0 (where two
+/// listeners may share the configured address but get different ports) also its name.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ListenerKey(ListenAddress, Option<Arc<str>>);
+
+impl ListenerKey {
+    fn of(spec: &ListenerSpec) -> Self {
+        let port_zero = matches!(spec.address, ListenAddress::Tcp(a) if a.port() == 0);
+        ListenerKey(spec.address.clone(), port_zero.then(|| spec.name.clone()))
+    }
+}
+
 struct Running {
     spec: Arc<ArcSwap<ListenerSpec>>,
     stop: CancellationToken,
@@ -98,7 +110,7 @@ struct Running {
 /// A running server; see the module docs.
 pub struct Server<R: Router> {
     shared: Arc<Shared<R>>,
-    running: Mutex<HashMap<ListenAddress, Running>>,
+    running: Mutex<HashMap<ListenerKey, Running>>,
 }
 
 /// What [`Server::apply`] reports for each listener.
@@ -170,36 +182,41 @@ impl<R: Router> Server<R> {
     /// listeners that stay and stops those that went away.
     fn apply_listeners(&self, listeners: Vec<ListenerSpec>, activate: impl FnOnce()) -> std::io::Result<Vec<Bound>> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        let mut fresh = Vec::new();
+        let mut fresh = HashMap::new();
         for spec in &listeners {
-            if !running.contains_key(&spec.address) {
-                fresh.push((spec.address.clone(), bind(&spec.address, spec.unix_mode)?));
+            let key = ListenerKey::of(spec);
+            if !running.contains_key(&key) {
+                fresh.insert(key, bind(&spec.address, spec.unix_mode)?);
             }
         }
         activate();
-        let wanted: Vec<ListenAddress> = listeners.iter().map(|l| l.address.clone()).collect();
-        running.retain(|address, r| {
-            let keep = wanted.contains(address);
+        let wanted: Vec<ListenerKey> = listeners.iter().map(ListenerKey::of).collect();
+        running.retain(|key, r| {
+            let keep = wanted.contains(key);
             if !keep {
                 tracing::info!(listener = %r.spec.load().name, address = %r.local, "listener closed");
                 r.stop.cancel();
             }
             keep
         });
-        let mut fresh: HashMap<ListenAddress, BoundListener> = fresh.into_iter().collect();
         let mut bound = Vec::new();
         for spec in listeners {
-            let address = spec.address.clone();
+            let key = ListenerKey::of(&spec);
             let (name, role, tls) = (spec.name.clone(), spec.role, spec.tls.is_some());
-            let local = if let Some(r) = running.get(&address) {
+            let local = if let Some(r) = running.get(&key) {
+                if let ListenAddress::Unix(path) = &spec.address
+                    && let Err(e) = set_unix_mode(path, spec.unix_mode.unwrap_or(0o666))
+                {
+                    tracing::warn!(listener = %spec.name, error = %e, "the new unix_mode was not applied");
+                }
                 r.spec.store(Arc::new(spec));
                 r.local.clone()
-            } else if let Some(listener) = fresh.remove(&address) {
+            } else if let Some(listener) = fresh.remove(&key) {
                 let local = listener.local_address();
                 let spec = Arc::new(ArcSwap::from_pointee(spec));
                 let stop = CancellationToken::new();
                 self.shared.tracker.spawn(accept_loop(listener, spec.clone(), self.shared.clone(), stop.clone()));
-                running.insert(address, Running { spec, stop, local: local.clone() });
+                running.insert(key, Running { spec, stop, local: local.clone() });
                 local
             } else {
                 continue;

@@ -148,6 +148,11 @@ impl Resolver {
         })
     }
 
+    /// Whether the symlink policy lets a request reach `path`.
+    pub fn allows(&self, path: &Path) -> bool {
+        checked_metadata(self, path).is_ok()
+    }
+
     fn rule_headers(&self, path: &str) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
         self.rules.iter().filter(move |(p, _)| crate::negotiate::glob_match(p, path)).flat_map(|(_, h)| h.iter())
     }

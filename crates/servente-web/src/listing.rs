@@ -15,8 +15,9 @@ pub struct Entry {
     pub modified: u64,
 }
 
-/// Reads a folder, folders first then by name; hidden entries are left out when asked.
-pub fn read(dir: &Path, hide_dotfiles: bool) -> std::io::Result<Vec<Entry>> {
+/// Reads a folder, folders first then by name. Hidden entries are left out when asked, and so
+/// is every entry `allowed` refuses (links the symlink policy would not follow).
+pub fn read(dir: &Path, hide_dotfiles: bool, allowed: impl Fn(&Path) -> bool) -> std::io::Result<Vec<Entry>> {
     let mut entries = Vec::new();
     for e in std::fs::read_dir(dir)? {
         let e = e?;
@@ -24,7 +25,11 @@ pub fn read(dir: &Path, hide_dotfiles: bool) -> std::io::Result<Vec<Entry>> {
         if hide_dotfiles && name.starts_with('.') {
             continue;
         }
-        let Ok(meta) = std::fs::metadata(e.path()) else { continue };
+        let path = e.path();
+        if e.file_type().is_ok_and(|t| t.is_symlink()) && !allowed(&path) {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
         entries.push(Entry {
             name,
             is_dir: meta.is_dir(),

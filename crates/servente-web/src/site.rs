@@ -139,7 +139,7 @@ impl Site {
             Err(PathError::Hidden) => return self.error(StatusCode::NOT_FOUND, head, now).await,
         };
         let url_path = &clean.url_path;
-        if let Some(r) = self.redirect(&url_path, req.uri().query()) {
+        if let Some(r) = self.redirect(url_path, req.uri().query()) {
             return r;
         }
         let target = self.lookup(url_path, &clean.relative, clean.trailing_slash, now).await;
@@ -157,7 +157,8 @@ impl Site {
                 let json = wants_json(req);
                 let dir = dir.clone();
                 let hide = self.hide_dotfiles;
-                let listed = tokio::task::spawn_blocking(move || listing::read(&dir, hide)).await;
+                let resolver = self.resolver.clone();
+                let listed = tokio::task::spawn_blocking(move || listing::read(&dir, hide, |p| resolver.allows(p))).await;
                 match listed {
                     Ok(Ok(entries)) => {
                         let mut r = if json {
@@ -180,7 +181,10 @@ impl Site {
     fn redirect(&self, url_path: &str, query: Option<&str>) -> Option<Response<Body>> {
         for r in &self.redirects {
             let rest = if r.prefix {
-                url_path.strip_prefix(r.from.as_str())?
+                match url_path.strip_prefix(r.from.as_str()) {
+                    Some(rest) => rest,
+                    None => continue,
+                }
             } else if url_path == r.from {
                 ""
             } else {

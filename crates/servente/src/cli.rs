@@ -212,6 +212,12 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 async fn run_server(source: Source, config: Config) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
+    // Handlers first: a signal sent as soon as the listeners are announced must find them.
+    let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
+        eprintln!("error: cannot install signal handlers");
+        return ExitCode::from(1);
+    };
     let metrics = Metrics::new();
     let budget =
         Budget::new(config.cache.max_total_bytes.0, config.cache.max_file_bytes.0, config.cache.revalidate_after.0.as_millis() as u64);
@@ -242,11 +248,6 @@ async fn run_server(source: Source, config: Config) -> ExitCode {
         }
     };
     tracing::info!(config = %config.source, data_dir = %data_dir.display(), "servente started");
-    let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
-        eprintln!("error: cannot install signal handlers");
-        return ExitCode::from(1);
-    };
     let mut grace = config.server.shutdown_grace.0;
     let mut current = config;
     loop {
