@@ -67,11 +67,22 @@ impl Section for Config {
     }
 }
 
+choice!(
+    /// How connections are spread over threads.
+    RuntimeModel {
+        /// One single-threaded runtime per worker, each with its own listening socket.
+        PerCore = "per_core",
+        /// One multi-threaded runtime whose threads steal work from each other.
+        Shared = "shared"
+    } default PerCore
+);
+
 /// Process-wide settings.
 #[derive(Debug, Clone, Default)]
 pub struct Server {
     pub data_dir: Option<String>,
     pub worker_threads: usize,
+    pub runtime: RuntimeModel,
     pub shutdown_grace: Seconds,
     pub max_connections: usize,
 }
@@ -83,7 +94,12 @@ impl Section for Server {
                 "data_dir",
                 "Folder for servente's own data (Unix sockets with relative paths, later the embedded store). Default: `$SERVENTE_DATA_DIR`, else `$XDG_DATA_HOME/servente`, else `~/.local/share/servente`. The `--data-dir` flag overrides it.",
             ),
-            worker_threads: t.field("worker_threads", 0, "Threads of the async runtime; 0 means one per CPU core."),
+            worker_threads: t.field("worker_threads", 0, "Threads that serve connections; 0 means one per CPU core. Changes take effect on restart."),
+            runtime: t.field(
+                "runtime",
+                RuntimeModel::PerCore,
+                "`per_core`: one single-threaded event loop per worker thread, each accepting on its own socket (SO_REUSEPORT), so a connection never changes thread; `shared`: one work-stealing multi-threaded runtime. Changes take effect on restart.",
+            ),
             shutdown_grace: t.field(
                 "shutdown_grace",
                 Seconds(Duration::from_secs(30)),
@@ -329,15 +345,19 @@ pub struct Tls {
 
 impl Section for Tls {
     fn read(t: &mut TableReader<'_>) -> Self {
-        Tls {
-            cert: t.required("cert", "PEM file with the certificate chain, leaf first."),
-            key: t.required("key", "PEM file with the private key (PKCS#8, PKCS#1 or SEC1)."),
-            min_version: t.field("min_version", TlsVersion::V1_2, "`1.2` accepts TLS 1.2 and 1.3; `1.3` only TLS 1.3."),
-            cert_path: PathBuf::new(),
-            key_path: PathBuf::new(),
-            line: t.line(),
-            key_name: t.prefix().to_string(),
-        }
+        let files = cert_files(t);
+        Tls { min_version: t.field("min_version", TlsVersion::V1_2, "`1.2` accepts TLS 1.2 and 1.3; `1.3` only TLS 1.3."), ..files }
+    }
+}
+
+/// The certificate and key keys, shared by listener and site TLS sections.
+fn cert_files(t: &mut TableReader<'_>) -> Tls {
+    Tls {
+        cert: t.required("cert", "PEM file with the certificate chain, leaf first."),
+        key: t.required("key", "PEM file with the private key (PKCS#8, PKCS#1 or SEC1)."),
+        line: t.line(),
+        key_name: t.prefix().to_string(),
+        ..Default::default()
     }
 }
 
@@ -348,13 +368,7 @@ struct SiteTls(Tls);
 
 impl Section for SiteTls {
     fn read(t: &mut TableReader<'_>) -> Self {
-        SiteTls(Tls {
-            cert: t.required("cert", "PEM file with the certificate chain, leaf first."),
-            key: t.required("key", "PEM file with the private key (PKCS#8, PKCS#1 or SEC1)."),
-            line: t.line(),
-            key_name: t.prefix().to_string(),
-            ..Default::default()
-        })
+        SiteTls(cert_files(t))
     }
 }
 

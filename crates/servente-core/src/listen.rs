@@ -58,15 +58,24 @@ pub enum Accepted {
 /// Binds `address`. A Unix socket's folder is created if missing; a stale socket file left by
 /// a dead process is replaced, but one that a live process still answers on is an error.
 pub fn bind(address: &ListenAddress, unix_mode: Option<u32>) -> io::Result<BoundListener> {
+    bind_on(address, unix_mode, false)
+}
+
+/// Like [`bind`]; `shared_port` sets SO_REUSEPORT so that one socket per worker can listen on
+/// the same TCP port. Must run inside the runtime that will poll the listener.
+pub fn bind_on(address: &ListenAddress, unix_mode: Option<u32>, shared_port: bool) -> io::Result<BoundListener> {
     match address {
-        ListenAddress::Tcp(addr) => bind_tcp(*addr).map(BoundListener::Tcp),
+        ListenAddress::Tcp(addr) => bind_tcp(*addr, shared_port).map(BoundListener::Tcp),
         ListenAddress::Unix(path) => bind_unix(path, unix_mode.unwrap_or(0o666)),
     }
 }
 
-fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind_tcp(addr: SocketAddr, shared_port: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if shared_port {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         // `[::]:port` (and `:port`) takes IPv4 too, whatever the system default.
         socket.set_only_v6(false)?;

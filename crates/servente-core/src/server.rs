@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::AccessLogger;
 use crate::guard::{ConnState, GuardLimits, GuardedIo};
 use crate::http::{ConnInfo, Engine, Router, serve_request};
-use crate::listen::{Accepted, BoundListener, bind, set_unix_mode};
+use crate::listen::{Accepted, BoundListener, bind_on, set_unix_mode};
 use crate::metrics::Metrics;
 
 /// One listener as the core runs it, built from a config `[[listener]]`.
@@ -111,6 +111,9 @@ struct Running {
 pub struct Server<R: Router> {
     shared: Arc<Shared<R>>,
     running: Mutex<HashMap<ListenerKey, Running>>,
+    /// The runtimes that serve connections: one multi-threaded runtime, or one single-threaded
+    /// runtime per core, each with its own socket per TCP listener (SO_REUSEPORT).
+    workers: Vec<tokio::runtime::Handle>,
 }
 
 /// What [`Server::apply`] reports for each listener.
@@ -124,19 +127,22 @@ pub struct Bound {
 
 impl<R: Router> Server<R> {
     /// Binds the listeners and starts serving them with `router`.
+    /// `workers` are the runtimes connections run on; with more than one, each TCP listener
+    /// gets one socket per worker and the kernel spreads connections over them.
     pub fn start(
+        workers: Vec<tokio::runtime::Handle>,
         listeners: Vec<ListenerSpec>,
         router: R,
         settings: Settings,
         metrics: Arc<Metrics>,
         access_log: AccessLogger,
     ) -> std::io::Result<(Self, Vec<Bound>)> {
-        let server = Self::new(router, settings, metrics, access_log);
+        let server = Self::new(workers, router, settings, metrics, access_log);
         let bound = server.apply_listeners(listeners, || {})?;
         Ok((server, bound))
     }
 
-    fn new(router: R, settings: Settings, metrics: Arc<Metrics>, access_log: AccessLogger) -> Self {
+    fn new(workers: Vec<tokio::runtime::Handle>, router: R, settings: Settings, metrics: Arc<Metrics>, access_log: AccessLogger) -> Self {
         let engine = Arc::new(Engine {
             unknown_site: metrics.site("-"),
             metrics,
@@ -153,6 +159,7 @@ impl<R: Router> Server<R> {
                 tracker: TaskTracker::new(),
             }),
             running: Mutex::new(HashMap::new()),
+            workers,
         }
     }
 
@@ -186,7 +193,7 @@ impl<R: Router> Server<R> {
         for spec in &listeners {
             let key = ListenerKey::of(spec);
             if !running.contains_key(&key) {
-                fresh.insert(key, bind(&spec.address, spec.unix_mode)?);
+                fresh.insert(key, bind(&spec.address, spec.unix_mode, &self.workers)?);
             }
         }
         activate();
@@ -211,11 +218,14 @@ impl<R: Router> Server<R> {
                 }
                 r.spec.store(Arc::new(spec));
                 r.local.clone()
-            } else if let Some(listener) = fresh.remove(&key) {
-                let local = listener.local_address();
+            } else if let Some(sockets) = fresh.remove(&key) {
+                let local = sockets.first().map(|(_, l)| l.local_address()).unwrap_or_default();
                 let spec = Arc::new(ArcSwap::from_pointee(spec));
                 let stop = CancellationToken::new();
-                self.shared.tracker.spawn(accept_loop(listener, spec.clone(), self.shared.clone(), stop.clone()));
+                for (worker, listener) in sockets {
+                    let task = accept_loop(listener, spec.clone(), self.shared.clone(), stop.clone());
+                    worker.spawn(self.shared.tracker.track_future(task));
+                }
                 running.insert(key, Running { spec, stop, local: local.clone() });
                 local
             } else {
@@ -292,6 +302,33 @@ impl<R> Drop for OpenGuard<R> {
         self.0.open.fetch_sub(1, Relaxed);
         self.0.engine.metrics.connections_open.fetch_sub(1, Relaxed);
     }
+}
+
+/// Binds `address` on each worker: a TCP address gets one socket per worker (the first decides
+/// the port when the config says 0); a Unix socket is served by the first worker alone.
+fn bind(
+    address: &ListenAddress,
+    unix_mode: Option<u32>,
+    workers: &[tokio::runtime::Handle],
+) -> std::io::Result<Vec<(tokio::runtime::Handle, BoundListener)>> {
+    let mut sockets = Vec::new();
+    let mut address = address.clone();
+    let share = workers.len() > 1;
+    for worker in workers {
+        let _inside = worker.enter();
+        let listener = bind_on(&address, unix_mode, share)?;
+        if let (ListenAddress::Tcp(a), BoundListener::Tcp(l)) = (&mut address, &listener)
+            && a.port() == 0
+        {
+            a.set_port(l.local_addr()?.port());
+        }
+        let unix = matches!(listener, BoundListener::Unix(..));
+        sockets.push((worker.clone(), listener));
+        if unix {
+            break;
+        }
+    }
+    Ok(sockets)
 }
 
 /// Answers a connection over the limit: 503 on plain HTTP, a close on TLS (where a plain-text

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use servente_config::{Config, ConfigError, EMBEDDED_DEFAULT, Overrides};
+use servente_config::{Config, ConfigError, EMBEDDED_DEFAULT, Overrides, RuntimeModel};
 use servente_core::access_log::AccessLogger;
 use servente_core::metrics::Metrics;
 use servente_core::{Server, Settings};
@@ -192,25 +192,56 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     servente_core::logging::init(&config.log);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if config.server.worker_threads > 0 {
-        runtime.worker_threads(config.server.worker_threads);
-    }
-    let runtime = match runtime.build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let threads = match config.server.worker_threads {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
     };
-    let code = runtime.block_on(run_server(source, config));
-    // Connections still open after the grace period are dropped with the runtime.
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    code
+    let result = match config.server.runtime {
+        RuntimeModel::Shared => serve_shared(source, config, threads),
+        RuntimeModel::PerCore => serve_per_core(source, config, threads),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::from(1)
+    })
 }
 
-async fn run_server(source: Source, config: Config) -> ExitCode {
+/// One multi-threaded runtime: connections move between threads as work is stolen.
+fn serve_shared(source: Source, config: Config, threads: usize) -> std::io::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(threads).build()?;
+    let code = runtime.block_on(run_server(source, config, vec![runtime.handle().clone()]));
+    // Connections still open after the grace period are dropped with the runtime.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    Ok(code)
+}
+
+/// One single-threaded runtime per core, each accepting on its own socket (SO_REUSEPORT), as
+/// nginx's workers do: a connection stays on one thread, with no cross-thread wake-ups. The
+/// main thread runs a small runtime for signals and reloads.
+fn serve_per_core(source: Source, config: Config, threads: usize) -> std::io::Result<ExitCode> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut handles = Vec::new();
+    let mut joins = Vec::new();
+    for i in 0..threads {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        handles.push(runtime.handle().clone());
+        let stop = stop.clone();
+        joins.push(std::thread::Builder::new().name(format!("servente-worker-{i}")).spawn(move || {
+            runtime.block_on(stop.cancelled());
+            runtime.shutdown_timeout(Duration::from_millis(100));
+        })?);
+    }
+    let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let code = control.block_on(run_server(source, config, handles));
+    stop.cancel();
+    for j in joins {
+        let _ = j.join();
+    }
+    control.shutdown_timeout(Duration::from_millis(100));
+    Ok(code)
+}
+
+async fn run_server(source: Source, config: Config, workers: Vec<tokio::runtime::Handle>) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
     // Handlers first: a signal sent as soon as the listeners are announced must find them.
     let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
@@ -236,7 +267,8 @@ async fn run_server(source: Source, config: Config) -> ExitCode {
         }
     };
     let data_dir = servente_config::data_dir(&config);
-    let started = Server::start(generation.listeners, generation.router, Settings::from_config(&config), metrics.clone(), access_log);
+    let started =
+        Server::start(workers, generation.listeners, generation.router, Settings::from_config(&config), metrics.clone(), access_log);
     let server: Server<AppRouter> = match started {
         Ok((server, bound)) => {
             announce(&bound);
@@ -297,8 +329,8 @@ fn reload(
     let generation = app::build(&config, metrics, budget)?;
     let access_log = AccessLogger::open(&config.access_log)
         .map_err(|e| vec![ConfigError { file: config.source.clone(), line: 0, key: "access_log.output".into(), message: e.to_string() }])?;
-    if config.server.worker_threads != current.server.worker_threads {
-        tracing::warn!("server.worker_threads changes only take effect on restart");
+    if config.server.worker_threads != current.server.worker_threads || config.server.runtime != current.server.runtime {
+        tracing::warn!("server.worker_threads and server.runtime changes only take effect on restart");
     }
     let bound = server
         .apply(generation.listeners, generation.router, Settings::from_config(&config), Some(access_log))
