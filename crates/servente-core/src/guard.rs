@@ -118,22 +118,32 @@ impl<I> GuardedIo<I> {
         &self.inner
     }
 
-    /// Moves the phase along from what the engine reported and what was just read.
+    /// Moves the phase along from what the engine reported and what was just read. Any
+    /// change of phase, and any request that started or finished since the last look (even
+    /// when the phase looks the same, as ReadingHead -> Idle -> ReadingHead in one call),
+    /// starts a new deadline.
     fn update_phase(&mut self, read_bytes: bool) {
         let generation = self.state.generation.load(Relaxed);
-        let busy = self.state.in_flight() > 0;
-        let before = self.phase;
-        if busy {
-            self.phase = Phase::Busy;
-        } else if generation != self.seen_generation && self.phase != Phase::Idle {
-            // The last response finished: idle again until new bytes arrive.
-            self.phase = Phase::Idle;
-        }
-        if read_bytes && self.phase == Phase::Idle {
-            self.phase = if self.http2 == Some(true) { Phase::Idle } else { Phase::ReadingHead };
-        }
+        let moved = generation != self.seen_generation;
         self.seen_generation = generation;
-        if self.phase != before || read_bytes && self.phase == Phase::Idle {
+        let mut reset = false;
+        if self.state.in_flight() > 0 {
+            reset = self.phase != Phase::Busy || moved;
+            self.phase = Phase::Busy;
+        } else {
+            if moved || self.phase == Phase::Busy {
+                reset = true;
+                self.phase = Phase::Idle;
+            }
+            if read_bytes && self.phase == Phase::Idle {
+                // HTTP/2 has no head phase here: any bytes are activity that restarts idle time.
+                reset = true;
+                if self.http2 != Some(true) {
+                    self.phase = Phase::ReadingHead;
+                }
+            }
+        }
+        if reset {
             self.deadline = None;
         }
     }
@@ -278,6 +288,32 @@ mod tests {
         // Parked while busy; the finish wakes it and the idle limit then applies.
         let err = tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf)).await.expect("closed before 5s").expect_err("idle");
         assert_eq!(err.to_string(), "idle connection timeout");
+    }
+
+    /// Regression: a head deadline set for the first request survived every later request
+    /// when the reader never saw the connection busy (reported by the web-static benchmark as
+    /// 408s after 10 s of steady keep-alive load).
+    #[tokio::test(start_paused = true)]
+    async fn each_request_gets_a_fresh_head_deadline() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let state = ConnState::new();
+        let mut io = GuardedIo::new(server, state.clone(), limits(), None);
+        let mut buf = [0u8; 64];
+        for _ in 0..5 {
+            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+            let n = io.read(&mut buf).await.expect("request");
+            assert!(n > 0);
+            state.request_started();
+            state.request_finished();
+            // Each round is under the head timeout (200ms), all of them together are not.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        client.write_all(b"GET / HT").await.expect("write");
+        let n = io.read(&mut buf).await.expect("head bytes");
+        assert_eq!(n, 8);
+        // The rest of this head has its own 200ms; a stale deadline would fail the read now.
+        let waited = tokio::time::timeout(Duration::from_millis(100), io.read(&mut buf)).await;
+        assert!(waited.is_err(), "the head deadline must be fresh, got {waited:?}");
     }
 
     #[tokio::test(start_paused = true)]
