@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use common::{Fixture, config, connect, curl, noise, wait_until};
 
-const BIG: usize = 4 << 20;
+/// Larger than what loopback socket buffers can hold (send plus autotuned receive buffers reach
+/// several MiB), so a slow reader really keeps the response in flight. With 4 MiB the server
+/// sometimes handed the whole body to the kernel before the signal, and the tests were flaky.
+const BIG: usize = 24 << 20;
 
 fn big_fixture() -> Fixture {
     let fx = Fixture::new();
@@ -84,7 +87,7 @@ impl SlowDownload {
 fn sigterm_lets_a_slow_download_finish() {
     let mut server = big_fixture().start(&one_site(""));
     let addr = server.addr("web");
-    let download = SlowDownload::start(&addr, "/big.bin", 2 << 20);
+    let download = SlowDownload::start(&addr, "/big.bin", 8 << 20);
     let sent = Instant::now();
     server.signal("TERM");
     // New connections are refused soon after the signal...
