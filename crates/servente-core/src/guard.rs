@@ -233,6 +233,18 @@ mod tests {
         GuardLimits { header_read_timeout: Duration::from_millis(200), idle_timeout: Duration::from_millis(500) }
     }
 
+    /// A guarded pipe whose client has sent one request head, already read by the server side.
+    async fn after_one_request_head() -> (tokio::io::DuplexStream, GuardedIo<tokio::io::DuplexStream>, Arc<ConnState>) {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let state = ConnState::new();
+        let mut io = GuardedIo::new(server, state.clone(), limits(), None);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 64];
+        let n = io.read(&mut buf).await.expect("request");
+        assert!(n > 0);
+        (client, io, state)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn slow_head_gets_408() {
         let (mut client, server) = tokio::io::duplex(4096);
@@ -251,13 +263,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_connection_is_closed_quietly() {
-        let (mut client, server) = tokio::io::duplex(4096);
-        let state = ConnState::new();
-        let mut io = GuardedIo::new(server, state.clone(), limits(), None);
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        let (mut client, mut io, state) = after_one_request_head().await;
         let mut buf = [0u8; 64];
-        let n = io.read(&mut buf).await.expect("request");
-        assert!(n > 0);
         state.request_started();
         state.request_finished();
         let start = Instant::now();
@@ -272,13 +279,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_clock_starts_when_a_response_finishes_while_the_reader_is_parked() {
-        let (mut client, server) = tokio::io::duplex(4096);
-        let state = ConnState::new();
-        let mut io = GuardedIo::new(server, state.clone(), limits(), None);
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        let (_client, mut io, state) = after_one_request_head().await;
         let mut buf = [0u8; 64];
-        let n = io.read(&mut buf).await.expect("request");
-        assert!(n > 0);
         state.request_started();
         let finisher = state.clone();
         tokio::spawn(async move {
@@ -318,13 +320,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn busy_connection_has_no_limit() {
-        let (mut client, server) = tokio::io::duplex(4096);
-        let state = ConnState::new();
-        let mut io = GuardedIo::new(server, state.clone(), limits(), None);
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        let (_client, mut io, state) = after_one_request_head().await;
         let mut buf = [0u8; 64];
-        let n = io.read(&mut buf).await.expect("request");
-        assert!(n > 0);
         state.request_started();
         let waited = tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf)).await;
         assert!(waited.is_err(), "a busy connection must not be cut by the guard");
