@@ -27,6 +27,17 @@ HEAD_SLACK = 8
 OTHER_CPU_WARN = 5
 
 
+
+def checked(result, problems, rps):
+    """A run's figure, or its error: a run that failed a check never counts as a result."""
+    if problems:
+        result["error"] = "; ".join(problems)
+        # Kept in the JSON for diagnosis only; never shown as a result.
+        result["rps_unchecked"] = rps
+    else:
+        result["rps"] = rps
+    return result
+
 def parse_wrk(text, size, head, connections):
     """Checks one wrk run (with report.lua) and returns its requests/s, or an error.
 
@@ -70,13 +81,7 @@ def parse_wrk(text, size, head, connections):
             problems.append(
                 f"{per_request:.0f} bytes per response, expected {expected} ({size} body bytes "
                 f"and a {head} byte head): wrong response size")
-    if problems:
-        result["error"] = "; ".join(problems)
-        # Kept in the JSON for diagnosis only; never shown as a result.
-        result["rps_unchecked"] = float(match.group(1))
-    else:
-        result["rps"] = float(match.group(1))
-    return result
+    return checked(result, problems, float(match.group(1)))
 
 
 def parse_h2load(text, size, requests):
@@ -116,12 +121,7 @@ def parse_h2load(text, size, requests):
     if data != requests * size:
         problems.append(f"{data} body bytes for {requests} responses of {size} bytes: "
                         f"wrong response size")
-    if problems:
-        result["error"] = "; ".join(problems)
-        result["rps_unchecked"] = float(finished.group(1))
-    else:
-        result["rps"] = float(finished.group(1))
-    return result
+    return checked(result, problems, float(finished.group(1)))
 
 
 def fmt_rps(value):

@@ -44,7 +44,11 @@ pub struct Settings {
     tls_handshake_timeout: Duration,
     max_connections: usize,
     max_body_bytes: u64,
+    /// Protocol detection by preface (cleartext), and the two fixed by TLS ALPN; built once so
+    /// a connection borrows one instead of cloning it.
     builder: auto::Builder<TokioExecutor>,
+    http1_only: auto::Builder<TokioExecutor>,
+    http2_only: auto::Builder<TokioExecutor>,
 }
 
 impl Settings {
@@ -75,6 +79,8 @@ impl Settings {
             tls_handshake_timeout: l.tls_handshake_timeout.0,
             max_connections: config.server.max_connections,
             max_body_bytes: l.max_body_bytes.0,
+            http1_only: builder.clone().http1_only(),
+            http2_only: builder.clone().http2_only(),
             builder,
         }
     }
@@ -401,9 +407,9 @@ async fn serve_http<R, IO>(
     let shared2 = shared.clone();
     let service = service_fn(move |req| serve_request(shared2.router.load_full(), shared2.engine.clone(), info.clone(), req));
     let builder = match h2 {
-        Some(true) => settings.builder.clone().http2_only(),
-        Some(false) => settings.builder.clone().http1_only(),
-        None => settings.builder.clone(),
+        Some(true) => &settings.http2_only,
+        Some(false) => &settings.http1_only,
+        None => &settings.builder,
     };
     let conn = builder.serve_connection(TokioIo::new(guarded), service);
     tokio::pin!(conn);
