@@ -1,0 +1,149 @@
+//! Signing in over HTTP: credentials from request headers (Basic, Bearer, session cookie), the
+//! session cookie itself, and [`authenticate`], which every HTTP role calls.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http::{HeaderMap, HeaderValue, header};
+
+use crate::{AuthError, Client, Directory, Principal, Session};
+
+pub const SESSION_COOKIE: &str = "servente_session";
+
+/// What a request offers to prove who it comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credentials {
+    None,
+    Basic { user: String, password: String },
+    Bearer(String),
+    Cookie(String),
+    /// An Authorization header servente cannot read.
+    Malformed,
+}
+
+/// The credentials of a request: the Authorization header if any, else the session cookie.
+pub fn credentials(headers: &HeaderMap) -> Credentials {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let Ok(v) = v.to_str() else { return Credentials::Malformed };
+        let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+            return Credentials::Bearer(rest.to_string());
+        }
+        if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD.decode(rest).ok().and_then(|b| String::from_utf8(b).ok());
+            if let Some((user, password)) = decoded.as_deref().and_then(|d| d.split_once(':')) {
+                return Credentials::Basic { user: user.to_string(), password: password.to_string() };
+            }
+        }
+        return Credentials::Malformed;
+    }
+    match session_cookie(headers) {
+        Some(c) => Credentials::Cookie(c.to_string()),
+        None => Credentials::None,
+    }
+}
+
+/// The value of the session cookie, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        (name == SESSION_COOKIE && !value.is_empty()).then_some(value)
+    })
+}
+
+/// `Set-Cookie` for a new session: not readable by scripts, sent only to this site, and only
+/// over TLS when the session started over TLS.
+pub fn set_session_cookie(value: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!("{SESSION_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}")).ok()
+}
+
+/// `Set-Cookie` that removes the session cookie.
+pub fn clear_session_cookie(secure: bool) -> HeaderValue {
+    if secure {
+        HeaderValue::from_static("servente_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict; Secure")
+    } else {
+        HeaderValue::from_static("servente_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict")
+    }
+}
+
+/// Who a request is from, and the session it used, if any.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub principal: Principal,
+    pub session: Option<Session>,
+}
+
+/// Checks the request's credentials against the directory, off the async threads (password
+/// hashing takes tens of milliseconds). `Ok(None)`: the request carries none.
+/// `basic_over_plain`: accept Basic on plain HTTP from non-loopback clients.
+pub async fn authenticate(
+    dir: &Arc<Directory>,
+    creds: Credentials,
+    client: &Client,
+    basic_over_plain: bool,
+) -> Result<Option<Authenticated>, AuthError> {
+    if let Credentials::Basic { .. } = creds
+        && !client.tls
+        && !client.is_local()
+        && !basic_over_plain
+    {
+        return Err(AuthError::BasicNeedsTls);
+    }
+    if creds == Credentials::None {
+        return Ok(None);
+    }
+    let dir = dir.clone();
+    let client = client.clone();
+    let run = move || match creds {
+        Credentials::None => Ok(None),
+        Credentials::Malformed => Err(AuthError::BadCredentials),
+        Credentials::Basic { user, password } => dir.verify_basic(&user, &password, &client).map(|p| Some(Authenticated { principal: p, session: None })),
+        Credentials::Bearer(t) => dir.authenticate_token(&t).map(|p| Some(Authenticated { principal: p, session: None })),
+        Credentials::Cookie(c) => dir.session(&c).map(|(p, s)| Some(Authenticated { principal: p, session: Some(s) })),
+    };
+    tokio::task::spawn_blocking(run)
+        .await
+        .unwrap_or_else(|e| Err(AuthError::Store(crate::StoreError::Backend(format!("the sign-in check failed: {e}")))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(http::HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn reads_every_kind_of_credentials() {
+        assert_eq!(credentials(&headers(&[])), Credentials::None);
+        assert_eq!(
+            credentials(&headers(&[("authorization", "Basic YWxpY2U6cGE6c3M=")])),
+            Credentials::Basic { user: "alice".into(), password: "pa:ss".into() }
+        );
+        assert_eq!(credentials(&headers(&[("authorization", "bearer st_abc")])), Credentials::Bearer("st_abc".into()));
+        assert_eq!(credentials(&headers(&[("authorization", "Basic !!!")])), Credentials::Malformed);
+        assert_eq!(credentials(&headers(&[("authorization", "Digest x")])), Credentials::Malformed);
+        assert_eq!(
+            credentials(&headers(&[("cookie", "a=b; servente_session=xyz"), ("cookie", "c=d")])),
+            Credentials::Cookie("xyz".into())
+        );
+        assert_eq!(credentials(&headers(&[("cookie", "servente_session=")])), Credentials::None);
+    }
+
+    #[test]
+    fn cookies_are_locked_down() {
+        let c = set_session_cookie("v", 60, true).expect("cookie");
+        let c = c.to_str().expect("ascii");
+        for part in ["HttpOnly", "SameSite=Strict", "Secure", "Max-Age=60", "Path=/"] {
+            assert!(c.contains(part), "{c} lacks {part}");
+        }
+        assert!(!set_session_cookie("v", 60, false).expect("cookie").to_str().expect("ascii").contains("Secure"));
+    }
+}
