@@ -194,7 +194,7 @@ impl Directory {
     /// Records an event in the audit log (store and `audit` tracing target). A store failure
     /// is logged, not returned: the change it describes has already happened.
     pub fn audit(&self, actor: &Actor, action: &str, target: &str, outcome: &str, detail: &str) {
-        tracing::info!(target: "audit", actor = %actor.name, client = %actor.client, action, target_name = target, outcome, detail);
+        tracing::info!(target: "audit", actor = %actor.name, client = %actor.client, action, target_name = target, outcome, detail, "audit");
         let entry = AuditEntry {
             id: 0,
             time: unix_now(),
@@ -568,12 +568,18 @@ mod tests {
         let d = dir();
         let a = Actor::cli();
         d.add_group(&a, "staff", "").expect("group");
-        let (u, pw) =
-            d.add_user(&a, NewUser { name: "alice".into(), groups: vec!["staff".into()], password: Some("s3cret-pass".into()), ..Default::default() })
-                .expect("user");
+        let (u, pw) = d
+            .add_user(
+                &a,
+                NewUser { name: "alice".into(), groups: vec!["staff".into()], password: Some("s3cret-pass".into()), ..Default::default() },
+            )
+            .expect("user");
         assert_eq!(pw, None);
         assert_eq!(u.groups, vec!["staff".to_string()]);
-        assert!(matches!(d.add_user(&a, NewUser { name: "alice".into(), ..Default::default() }), Err(DirError::Store(StoreError::Conflict(_)))));
+        assert!(matches!(
+            d.add_user(&a, NewUser { name: "alice".into(), ..Default::default() }),
+            Err(DirError::Store(StoreError::Conflict(_)))
+        ));
         assert!(matches!(d.add_user(&a, NewUser { name: "Alice".into(), ..Default::default() }), Err(DirError::Invalid(_))));
         assert!(matches!(
             d.add_user(&a, NewUser { name: "bob".into(), password: Some("short".into()), ..Default::default() }),

@@ -169,10 +169,8 @@ impl Store for SqliteStore {
 
     fn user(&self, name: &str) -> StoreResult<Option<UserRecord>> {
         let conn = self.conn();
-        let found = conn
-            .query_row(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"), [name], user_row)
-            .optional()
-            .map_err(backend)?;
+        let found =
+            conn.query_row(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"), [name], user_row).optional().map_err(backend)?;
         match found {
             Some(mut rec) => {
                 rec.user.groups = groups_of(&conn, name).map_err(backend)?;
@@ -185,7 +183,8 @@ impl Store for SqliteStore {
     fn users(&self) -> StoreResult<Vec<User>> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name")).map_err(backend)?;
-        let mut users: Vec<User> = st.query_map([], user_row).map_err(backend)?.map(|r| r.map(|u| u.user)).collect::<Result<_, _>>().map_err(backend)?;
+        let mut users: Vec<User> =
+            st.query_map([], user_row).map_err(backend)?.map(|r| r.map(|u| u.user)).collect::<Result<_, _>>().map_err(backend)?;
         for u in &mut users {
             u.groups = groups_of(&conn, &u.name).map_err(backend)?;
         }

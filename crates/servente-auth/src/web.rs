@@ -14,7 +14,10 @@ pub const SESSION_COOKIE: &str = "servente_session";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Credentials {
     None,
-    Basic { user: String, password: String },
+    Basic {
+        user: String,
+        password: String,
+    },
     Bearer(String),
     Cookie(String),
     /// An Authorization header servente cannot read.
@@ -99,7 +102,9 @@ pub async fn authenticate(
     let run = move || match creds {
         Credentials::None => Ok(None),
         Credentials::Malformed => Err(AuthError::BadCredentials),
-        Credentials::Basic { user, password } => dir.verify_basic(&user, &password, &client).map(|p| Some(Authenticated { principal: p, session: None })),
+        Credentials::Basic { user, password } => {
+            dir.verify_basic(&user, &password, &client).map(|p| Some(Authenticated { principal: p, session: None }))
+        }
         Credentials::Bearer(t) => dir.authenticate_token(&t).map(|p| Some(Authenticated { principal: p, session: None })),
         Credentials::Cookie(c) => dir.session(&c).map(|(p, s)| Some(Authenticated { principal: p, session: Some(s) })),
     };
@@ -130,10 +135,7 @@ mod tests {
         assert_eq!(credentials(&headers(&[("authorization", "bearer st_abc")])), Credentials::Bearer("st_abc".into()));
         assert_eq!(credentials(&headers(&[("authorization", "Basic !!!")])), Credentials::Malformed);
         assert_eq!(credentials(&headers(&[("authorization", "Digest x")])), Credentials::Malformed);
-        assert_eq!(
-            credentials(&headers(&[("cookie", "a=b; servente_session=xyz"), ("cookie", "c=d")])),
-            Credentials::Cookie("xyz".into())
-        );
+        assert_eq!(credentials(&headers(&[("cookie", "a=b; servente_session=xyz"), ("cookie", "c=d")])), Credentials::Cookie("xyz".into()));
         assert_eq!(credentials(&headers(&[("cookie", "servente_session=")])), Credentials::None);
     }
 

@@ -46,6 +46,7 @@ pub struct Config {
     pub log: Log,
     pub access_log: AccessLog,
     pub cache: Cache,
+    pub auth: Auth,
     pub listeners: Vec<Listener>,
     pub sites: Vec<Site>,
     /// The file the config came from (`<embedded>` for the default), for messages.
@@ -60,6 +61,10 @@ impl Section for Config {
             log: t.section("log", "Application log (what servente itself says) on standard error."),
             access_log: t.section("access_log", "One line per HTTP request."),
             cache: t.section("cache", "The in-memory cache of file metadata and small file bodies used by static sites."),
+            auth: t.section(
+                "auth",
+                "Signing in: the user directory (in the data folder) is shared by every role; manage it with `servente user|group|token` or the admin console.",
+            ),
             listeners: t.list("listener", "A socket servente listens on. Several are allowed; each has a role."),
             sites: t.list("site", "A static web site, chosen by the request's Host (and TLS SNI)."),
             source: String::new(),
@@ -213,6 +218,44 @@ impl Section for AccessLog {
                 "Where lines go: `stdout`, `off`, or a file path (appended to; reopened on SIGHUP).",
             ),
         }
+    }
+}
+
+/// Signing in, for every role.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    pub basic_over_plain_http: bool,
+    pub session_ttl: Seconds,
+    pub login_delay_after: u32,
+    pub login_lock_after: u32,
+    pub login_window: Seconds,
+}
+
+impl Section for Auth {
+    fn read(t: &mut TableReader<'_>) -> Self {
+        let a = Auth {
+            basic_over_plain_http: t.field(
+                "basic_over_plain_http",
+                false,
+                "Accept HTTP Basic authentication over plain HTTP from other machines. By default Basic is accepted only over TLS, from loopback and over Unix sockets, since plain HTTP shows the password to the network.",
+            ),
+            session_ttl: t.field("session_ttl", Seconds(Duration::from_secs(12 * 3600)), "How long a browser session lasts after signing in."),
+            login_delay_after: t.field(
+                "login_delay_after",
+                3,
+                "Failed sign-ins (per account and per client address, within `login_window`) after which each attempt is slowed down.",
+            ),
+            login_lock_after: t.field(
+                "login_lock_after",
+                10,
+                "Failed sign-ins after which attempts are refused (429 with Retry-After) until `login_window` has passed since the last failure.",
+            ),
+            login_window: t.field("login_window", Seconds(Duration::from_secs(15 * 60)), "How long failed sign-ins are remembered."),
+        };
+        if a.login_lock_after == 0 || a.login_lock_after < a.login_delay_after {
+            t.error("login_lock_after", "must be at least 1 and at least `login_delay_after`");
+        }
+        a
     }
 }
 
@@ -400,6 +443,7 @@ pub struct Site {
     pub error_pages: Vec<(String, String)>,
     pub redirects: Vec<Redirect>,
     pub rules: Vec<Rule>,
+    pub access: Vec<Access>,
     /// Set by validation: the root, resolved against the config's folder.
     pub root_path: PathBuf,
     pub line: usize,
@@ -443,6 +487,10 @@ impl Section for Site {
             ),
             redirects: t.list("redirect", "Redirects, tried in order before files."),
             rules: t.list("rule", "Response headers by path; every matching rule applies, later ones win."),
+            access: t.list(
+                "access",
+                "Who may read which paths. The first rule whose path matches decides; paths no rule matches are public.",
+            ),
             root_path: PathBuf::new(),
             line: t.line(),
             key: t.prefix().to_string(),
@@ -558,6 +606,42 @@ impl Section for Rule {
             }
         }
         r
+    }
+}
+
+/// An access rule of a site.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub path: String,
+    pub allow: Vec<String>,
+}
+
+impl Section for Access {
+    fn read(t: &mut TableReader<'_>) -> Self {
+        let a = Access {
+            path: t.required("path", "Path pattern, as in `rule.path` (`/private/**`, `/reports/*.pdf`)."),
+            allow: t.required(
+                "allow",
+                "Who may read: `public`, `users` (anyone signed in), `group:NAME`, `user:NAME`. Others get 401 (not signed in) or 403.",
+            ),
+        };
+        if !a.path.starts_with('/') {
+            t.error("path", "must start with `/`");
+        }
+        for s in &a.allow {
+            let name_ok = |n: &str| {
+                !n.is_empty() && n.len() <= 64 && n.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(&c))
+            };
+            let ok = match s.split_once(':') {
+                None => s == "public" || s == "users",
+                Some(("group" | "user", n)) => name_ok(n),
+                Some(_) => false,
+            };
+            if !ok {
+                t.error("allow", format!("`{s}` is not a subject: write `public`, `users`, `group:NAME` or `user:NAME`"));
+            }
+        }
+        a
     }
 }
 

@@ -58,6 +58,15 @@ impl SiteStats {
     }
 
     /// Total requests answered with `status`.
+    /// Totals since start: bytes sent, and requests by status class (`[1xx, 2xx, 3xx, 4xx, 5xx]`).
+    pub fn totals(&self) -> (u64, [u64; 5]) {
+        let mut classes = [0u64; 5];
+        for (i, c) in self.by_status.iter().enumerate() {
+            classes[(i / 100).min(4)] += c.load(Relaxed);
+        }
+        (self.bytes_sent.load(Relaxed), classes)
+    }
+
     pub fn requests_with_status(&self, status: u16) -> u64 {
         self.by_status.get(usize::from(status.saturating_sub(100))).map(|c| c.load(Relaxed)).unwrap_or(0)
     }
@@ -94,6 +103,11 @@ impl Metrics {
     }
 
     /// Renders every metric in the Prometheus text exposition format.
+    /// Every site (and role area) with statistics, in the order they were first seen.
+    pub fn sites(&self) -> Vec<Arc<SiteStats>> {
+        self.sites.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let gauge = |out: &mut String, name: &str, help: &str, kind: &str, v: String| {

@@ -17,10 +17,12 @@ use std::collections::HashMap;
 use foldhash::fast::RandomState;
 use std::sync::Arc;
 
-use http::{Request, Response, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use servente_auth::web::{authenticate, credentials};
+use servente_auth::{Acl, AuthError, Client, Directory, Level};
 use servente_config::{Config, ListenerRole};
 use servente_core::metrics::Metrics;
-use servente_core::{Body, RequestCx};
+use servente_core::{Body, RequestCx, simple_response};
 
 pub use files::Budget;
 pub use site::Site;
@@ -34,16 +36,25 @@ struct HostMap {
     default: Option<usize>,
 }
 
+/// How sites with access rules sign people in.
+#[derive(Clone)]
+pub struct WebAuth {
+    /// `None` when servente runs without a directory (then protected paths answer 503).
+    pub directory: Option<Arc<Directory>>,
+    pub basic_over_plain_http: bool,
+}
+
 /// Every site of a config generation, and how requests find them.
 pub struct WebRole {
     sites: Vec<Site>,
+    auth: WebAuth,
     /// Indexed by listener index; `None` for listeners of other roles.
     hosts: Vec<Option<HostMap>>,
 }
 
 impl WebRole {
     /// Builds the sites; `budget` is shared across reloads so memory stays bounded.
-    pub fn new(config: &Config, metrics: &Metrics, budget: Arc<Budget>) -> Result<Self, Vec<String>> {
+    pub fn new(config: &Config, metrics: &Metrics, budget: Arc<Budget>, auth: WebAuth) -> Result<Self, Vec<String>> {
         let mut sites = Vec::new();
         let mut errors = Vec::new();
         for s in &config.sites {
@@ -85,7 +96,7 @@ impl WebRole {
                 Some(map)
             })
             .collect();
-        Ok(WebRole { sites, hosts })
+        Ok(WebRole { sites, auth, hosts })
     }
 
     /// The site for a request on a listener, by Host (or :authority), then SNI, then default.
@@ -114,9 +125,63 @@ impl WebRole {
         match self.site_for(&req, cx) {
             Some(site) => {
                 cx.site = Some(site.stats.clone());
+                if let Some(acl) = site.access_for(req.uri().path())
+                    && let Err(refusal) = self.check_access(acl, &req, cx).await
+                {
+                    return refusal;
+                }
                 site.handle(&req, cx.started).await
             }
             None => servente_core::simple_response(http::StatusCode::MISDIRECTED_REQUEST, "no site serves this host\n"),
+        }
+    }
+}
+
+impl WebRole {
+    /// Lets the request through when `acl` allows its sender to read; otherwise the answer to
+    /// send: 401 with a Basic challenge (where Basic is accepted), 403, or 429.
+    async fn check_access<B>(&self, acl: &Acl, req: &Request<B>, cx: &mut RequestCx) -> Result<(), Response<Body>> {
+        if acl.is_public(Level::Read) {
+            return Ok(());
+        }
+        let Some(dir) = &self.auth.directory else {
+            return Err(simple_response(StatusCode::SERVICE_UNAVAILABLE, "sign-in is unavailable: the user directory is not open\n"));
+        };
+        let client = Client { ip: cx.peer.map(|p| p.ip()), tls: cx.tls };
+        let basic_ok = client.tls || client.is_local() || self.auth.basic_over_plain_http;
+        let challenge = |text: &'static str| {
+            let mut r = simple_response(StatusCode::UNAUTHORIZED, text);
+            if basic_ok {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"servente\", charset=\"UTF-8\""));
+            }
+            r
+        };
+        match authenticate(dir, credentials(req.headers()), &client, self.auth.basic_over_plain_http).await {
+            Ok(None) => Err(challenge("sign-in required\n")),
+            Ok(Some(a)) if !a.principal.has_scope("user") => {
+                Err(simple_response(StatusCode::FORBIDDEN, "this token does not have the `user` scope\n"))
+            }
+            Ok(Some(a)) if acl.allows(Some(&a.principal), Level::Read) => {
+                cx.user = Some(a.principal.user);
+                Ok(())
+            }
+            Ok(Some(a)) => {
+                cx.user = Some(a.principal.user);
+                Err(simple_response(StatusCode::FORBIDDEN, "you are signed in but not allowed here\n"))
+            }
+            Err(AuthError::Throttled(left)) => {
+                let mut r = simple_response(StatusCode::TOO_MANY_REQUESTS, "too many failed sign-ins; try again later\n");
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(left.as_secs()));
+                Err(r)
+            }
+            Err(AuthError::BasicNeedsTls) => {
+                Err(simple_response(StatusCode::FORBIDDEN, "Basic authentication is refused over plain HTTP; use HTTPS\n"))
+            }
+            Err(AuthError::Store(e)) => {
+                tracing::error!("sign-in check failed: {e}");
+                Err(simple_response(StatusCode::INTERNAL_SERVER_ERROR, "sign-in is unavailable\n"))
+            }
+            Err(_) => Err(challenge("wrong user name, password, token or session\n")),
         }
     }
 }

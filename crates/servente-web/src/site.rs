@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Frame;
+use servente_auth::{Acl, Level};
 use servente_config::Site as SiteConfig;
 use servente_core::Body;
 use servente_core::metrics::SiteStats;
@@ -48,6 +49,8 @@ pub struct Site {
     redirects: Vec<Redirect>,
     cache: FileCache,
     budget: Arc<Budget>,
+    /// Access rules: path pattern and who may read; the first match decides.
+    access: Vec<(String, Acl)>,
 }
 
 /// A counter that makes multipart boundaries unique within the process.
@@ -99,7 +102,22 @@ impl Site {
                 .collect(),
             cache: FileCache::new(budget.clone()),
             budget,
+            access: c
+                .access
+                .iter()
+                .map(|a| Acl::parse(&a.allow, Level::Read).map(|acl| (a.path.clone(), acl)).map_err(|e| format!("{}: {e}", c.key)))
+                .collect::<Result<_, _>>()?,
         })
+    }
+
+    /// The access rule for a request path, matched on the decoded, normalized path (so that
+    /// `%2e` or `//` tricks cannot step around a rule); `None` when no rule matches (public).
+    pub fn access_for(&self, raw_path: &str) -> Option<&Acl> {
+        if self.access.is_empty() {
+            return None;
+        }
+        let clean = path::clean(raw_path, false).ok()?;
+        self.access.iter().find(|(pattern, _)| negotiate::glob_match(pattern, &clean.url_path)).map(|(_, acl)| acl)
     }
 
     async fn lookup(&self, url_path: &str, relative: &str, trailing_slash: bool, now: Instant) -> Arc<Target> {

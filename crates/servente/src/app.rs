@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use servente_admin::{AccessInfo, Admin, ConfigView, Shared, SiteInfo};
 use servente_config::{Config, ConfigError, ListenerRole};
-use servente_core::metrics::{Metrics, SiteStats};
+use servente_core::metrics::Metrics;
 use servente_core::tls::{self, SniResolver};
 use servente_core::{Body, ListenerSpec, RequestCx, Router};
-use servente_web::{Budget, WebRole};
+use servente_web::{Budget, WebAuth, WebRole};
 
 /// The router of one config generation: the role of each listener, and each role's state.
 pub struct AppRouter {
@@ -40,31 +41,9 @@ impl Router for AppRouter {
             }
         }
         match self.roles[cx.listener_index].1 {
-            ListenerRole::Admin => self.admin.handle(&req, cx),
+            ListenerRole::Admin => self.admin.handle(req, cx).await,
             ListenerRole::Web => self.web.handle(req, cx).await,
         }
-    }
-}
-
-/// Health and metrics on `admin` listeners.
-struct Admin {
-    metrics: Arc<Metrics>,
-    stats: Arc<SiteStats>,
-}
-
-impl Admin {
-    fn handle(&self, req: &Request<Incoming>, cx: &mut RequestCx) -> Response<Body> {
-        cx.site = Some(self.stats.clone());
-        let (status, content_type, body) = match req.uri().path() {
-            "/healthz" => (StatusCode::OK, "application/json", "{\"status\":\"ok\"}\n".to_string()),
-            "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()),
-            _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: try /healthz or /metrics\n".to_string()),
-        };
-        let mut r = Response::new(Body::full(body));
-        *r.status_mut() = status;
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        r
     }
 }
 
@@ -74,9 +53,18 @@ pub struct Generation {
     pub listeners: Vec<ListenerSpec>,
 }
 
+/// What a generation needs besides its config: the process-wide admin state and the config's
+/// own text (which the admin API shows).
+pub struct Env<'a> {
+    pub shared: &'a Arc<Shared>,
+    pub config_text: &'a str,
+    /// Whether the config came from a file (which applying a new one rewrites).
+    pub from_file: bool,
+}
+
 /// Builds a generation, reporting every problem as a config error (certificates that do not
 /// load, sites that cannot be built).
-pub fn build(config: &Config, metrics: &Arc<Metrics>, budget: &Arc<Budget>) -> Result<Generation, Vec<ConfigError>> {
+pub fn build(config: &Config, metrics: &Arc<Metrics>, budget: &Arc<Budget>, env: &Env<'_>) -> Result<Generation, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let err = |line: usize, key: &str, message: String| ConfigError { file: config.source.clone(), line, key: key.to_string(), message };
     let mut listeners = Vec::new();
@@ -101,7 +89,8 @@ pub fn build(config: &Config, metrics: &Arc<Metrics>, budget: &Arc<Budget>) -> R
             tls: tls_config,
         });
     }
-    let web = match WebRole::new(config, metrics, budget.clone()) {
+    let auth = WebAuth { directory: Some(env.shared.directory.clone()), basic_over_plain_http: config.auth.basic_over_plain_http };
+    let web = match WebRole::new(config, metrics, budget.clone(), auth) {
         Ok(w) => Some(w),
         Err(list) => {
             errors.extend(list.into_iter().map(|m| err(0, "site", m)));
@@ -113,12 +102,31 @@ pub fn build(config: &Config, metrics: &Arc<Metrics>, budget: &Arc<Budget>) -> R
             router: AppRouter {
                 roles: config.listeners.iter().map(|l| (l.name.clone(), l.role.get())).collect(),
                 web,
-                admin: Admin { metrics: metrics.clone(), stats: metrics.site("admin") },
+                admin: Admin::new(
+                    env.shared.clone(),
+                    ConfigView { source: config.source.clone(), text: env.config_text.to_string(), persisted: env.from_file },
+                    site_infos(config),
+                    config.auth.basic_over_plain_http,
+                ),
             },
             listeners,
         }),
         _ => Err(errors),
     }
+}
+
+fn site_infos(config: &Config) -> Vec<SiteInfo> {
+    config
+        .sites
+        .iter()
+        .map(|s| SiteInfo {
+            name: s.name.clone(),
+            hosts: s.hosts.clone(),
+            root: s.root_path.display().to_string(),
+            listing: s.listing,
+            access: s.access.iter().map(|a| AccessInfo { path: a.path.clone(), allow: a.allow.clone() }).collect(),
+        })
+        .collect()
 }
 
 /// The rustls config of a TLS listener: its own certificate as the default, plus the

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use servente_admin::{ControlRequest, Shared};
+use servente_auth::Directory;
 use servente_config::{Config, ConfigError, EMBEDDED_DEFAULT, Overrides, RuntimeModel};
 use servente_core::access_log::AccessLogger;
 use servente_core::metrics::Metrics;
@@ -13,6 +15,7 @@ use servente_core::{Server, Settings};
 use servente_web::Budget;
 
 use crate::app::{self, AppRouter};
+use crate::users;
 
 /// servente: one server for an organization's web, files, apps, database, mail, print and game.
 ///
@@ -46,6 +49,27 @@ enum Command {
     /// Print the embedded default config or the reference of every config key.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage users of the directory every role signs in against.
+    User {
+        #[command(subcommand)]
+        command: users::UserCommand,
+        #[command(flatten)]
+        store: users::StoreArgs,
+    },
+    /// Manage groups (`admins` administers servente).
+    Group {
+        #[command(subcommand)]
+        command: users::GroupCommand,
+        #[command(flatten)]
+        store: users::StoreArgs,
+    },
+    /// Manage API tokens for scripts.
+    Token {
+        #[command(subcommand)]
+        command: users::TokenCommand,
+        #[command(flatten)]
+        store: users::StoreArgs,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -103,6 +127,9 @@ pub fn run() -> ExitCode {
             print!("{}", servente_config::reference_markdown());
             ExitCode::SUCCESS
         }
+        Command::User { command, store } => users::user(command, &store),
+        Command::Group { command, store } => users::group(command, &store),
+        Command::Token { command, store } => users::token(command, &store),
     }
 }
 
@@ -116,26 +143,64 @@ fn print_errors(errors: &[ConfigError]) {
 struct Source {
     file: Option<PathBuf>,
     overrides: Overrides,
+    /// A config applied through the admin API while running on the embedded default (there is
+    /// no file to write it to): SIGHUP reloads this text.
+    applied: Option<String>,
 }
 
 impl Source {
-    fn load(&self) -> Result<Config, Vec<ConfigError>> {
+    fn name(&self) -> String {
         match &self.file {
-            Some(f) => servente_config::load_file(f, &self.overrides),
-            None => {
-                let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-                servente_config::load_str("<embedded default>", EMBEDDED_DEFAULT, &cwd, &self.overrides)
-            }
+            Some(f) => f.display().to_string(),
+            None => "<embedded default>".into(),
         }
+    }
+
+    /// The folder relative paths in the config are resolved from.
+    fn base(&self) -> PathBuf {
+        match &self.file {
+            Some(f) => f.parent().map(Path::to_path_buf).unwrap_or_default(),
+            None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        }
+    }
+
+    fn text(&self) -> Result<String, Vec<ConfigError>> {
+        match (&self.file, &self.applied) {
+            (Some(f), _) => std::fs::read_to_string(f).map_err(|e| {
+                vec![ConfigError { file: self.name(), line: 0, key: String::new(), message: format!("cannot read the config: {e}") }]
+            }),
+            (None, Some(t)) => Ok(t.clone()),
+            (None, None) => Ok(EMBEDDED_DEFAULT.to_string()),
+        }
+    }
+
+    fn parse(&self, text: &str) -> Result<Config, Vec<ConfigError>> {
+        servente_config::load_str(&self.name(), text, &self.base(), &self.overrides)
+    }
+
+    /// The config and its text.
+    fn load(&self) -> Result<(Config, String), Vec<ConfigError>> {
+        let text = self.text()?;
+        Ok((self.parse(&text)?, text))
     }
 }
 
 fn check(path: &Path) -> ExitCode {
-    let source = Source { file: Some(path.to_path_buf()), overrides: Overrides::default() };
-    let result = source.load().and_then(|config| {
+    let source = Source { file: Some(path.to_path_buf()), overrides: Overrides::default(), applied: None };
+    let result = source.load().and_then(|(config, text)| {
         let metrics = Metrics::new();
         let budget = Budget::new(0, 0, 1000);
-        app::build(&config, &metrics, &budget).map(|_| config)
+        // A throwaway directory: checking a config must not touch the real one.
+        let store = servente_auth::sqlite::SqliteStore::in_memory()
+            .map_err(|e| vec![ConfigError { file: source.name(), line: 0, key: String::new(), message: e.to_string() }])?;
+        let (control, _) = tokio::sync::mpsc::channel(1);
+        let shared = Arc::new(Shared {
+            directory: Arc::new(Directory::new(Arc::new(store), servente_auth::Settings::default())),
+            metrics: metrics.clone(),
+            control,
+            started: std::time::SystemTime::now(),
+        });
+        app::build(&config, &metrics, &budget, &app::Env { shared: &shared, config_text: &text, from_file: true }).map(|_| config)
     });
     match result {
         Ok(config) => {
@@ -183,6 +248,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let source = Source {
         file: args.config.clone(),
         overrides: Overrides { data_dir: args.data_dir, listen: args.listen, root: args.root, admin: args.admin },
+        applied: None,
     };
     let config = match source.load() {
         Ok(c) => c,
@@ -191,12 +257,12 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    servente_core::logging::init(&config.log);
-    let threads = match config.server.worker_threads {
+    servente_core::logging::init(&config.0.log);
+    let threads = match config.0.server.worker_threads {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         n => n,
     };
-    let result = match config.server.runtime {
+    let result = match config.0.server.runtime {
         RuntimeModel::Shared => serve_shared(source, config, threads),
         RuntimeModel::PerCore => serve_per_core(source, config, threads),
     };
@@ -207,7 +273,7 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 /// One multi-threaded runtime: connections move between threads as work is stolen.
-fn serve_shared(source: Source, config: Config, threads: usize) -> std::io::Result<ExitCode> {
+fn serve_shared(source: Source, config: (Config, String), threads: usize) -> std::io::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(threads).build()?;
     let code = runtime.block_on(run_server(source, config, vec![runtime.handle().clone()]));
     // Connections still open after the grace period are dropped with the runtime.
@@ -218,7 +284,7 @@ fn serve_shared(source: Source, config: Config, threads: usize) -> std::io::Resu
 /// One single-threaded runtime per core, each accepting on its own socket (SO_REUSEPORT), as
 /// nginx's workers do: a connection stays on one thread, with no cross-thread wake-ups. The
 /// main thread runs a small runtime for signals and reloads.
-fn serve_per_core(source: Source, config: Config, threads: usize) -> std::io::Result<ExitCode> {
+fn serve_per_core(source: Source, config: (Config, String), threads: usize) -> std::io::Result<ExitCode> {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut handles = Vec::new();
     let mut joins = Vec::new();
@@ -241,8 +307,49 @@ fn serve_per_core(source: Source, config: Config, threads: usize) -> std::io::Re
     Ok(code)
 }
 
-async fn run_server(source: Source, config: Config, workers: Vec<tokio::runtime::Handle>) -> ExitCode {
+/// The directory's settings from the `[auth]` section (read at start; changes need a restart).
+fn auth_settings(config: &Config) -> servente_auth::Settings {
+    servente_auth::Settings {
+        session_ttl: config.auth.session_ttl.0,
+        throttle: servente_auth::ThrottlePolicy {
+            delay_after: config.auth.login_delay_after,
+            lock_after: config.auth.login_lock_after,
+            window: config.auth.login_window.0,
+        },
+    }
+}
+
+/// Opens the user directory; on first run creates the administrator and prints the password
+/// once (or takes it from `SERVENTE_ADMIN_PASSWORD`).
+fn open_directory(config: &Config, data_dir: &Path) -> Result<Arc<Directory>, String> {
+    let dir = Directory::open(data_dir, auth_settings(config)).map_err(|e| format!("cannot open the user directory: {e}"))?;
+    let given = std::env::var("SERVENTE_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
+    let from_env = given.is_some();
+    match dir.ensure_admin(given) {
+        Ok(Some(password)) => eprintln!(
+            "servente: first run: created the administrator `{}` with password {password}\n\
+             servente: (shown only this once; change it with `servente user passwd {}`)",
+            servente_auth::FIRST_ADMIN,
+            servente_auth::FIRST_ADMIN
+        ),
+        Ok(None) if from_env => {}
+        Ok(None) => {}
+        Err(e) => return Err(format!("cannot create the first administrator: {e}")),
+    }
+    Ok(Arc::new(dir))
+}
+
+struct Running {
+    source: Source,
+    current: Config,
+    metrics: Arc<Metrics>,
+    budget: Arc<Budget>,
+    shared: Arc<Shared>,
+}
+
+async fn run_server(source: Source, config: (Config, String), workers: Vec<tokio::runtime::Handle>) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
+    let (config, text) = config;
     // Handlers first: a signal sent as soon as the listeners are announced must find them.
     let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
@@ -252,7 +359,18 @@ async fn run_server(source: Source, config: Config, workers: Vec<tokio::runtime:
     let metrics = Metrics::new();
     let budget =
         Budget::new(config.cache.max_total_bytes.0, config.cache.max_file_bytes.0, config.cache.revalidate_after.0.as_millis() as u64);
-    let generation = match app::build(&config, &metrics, &budget) {
+    let data_dir = servente_config::data_dir(&config);
+    let directory = match open_directory(&config, &data_dir) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (control, mut control_rx) = tokio::sync::mpsc::channel(8);
+    let shared = Arc::new(Shared { directory, metrics: metrics.clone(), control, started: std::time::SystemTime::now() });
+    let env = app::Env { shared: &shared, config_text: &text, from_file: source.file.is_some() };
+    let generation = match app::build(&config, &metrics, &budget, &env) {
         Ok(g) => g,
         Err(errors) => {
             print_errors(&errors);
@@ -266,7 +384,6 @@ async fn run_server(source: Source, config: Config, workers: Vec<tokio::runtime:
             return ExitCode::from(2);
         }
     };
-    let data_dir = servente_config::data_dir(&config);
     let started =
         Server::start(workers, generation.listeners, generation.router, Settings::from_config(&config), metrics.clone(), access_log);
     let server: Server<AppRouter> = match started {
@@ -280,11 +397,11 @@ async fn run_server(source: Source, config: Config, workers: Vec<tokio::runtime:
         }
     };
     tracing::info!(config = %config.source, data_dir = %data_dir.display(), "servente started");
-    let mut grace = config.server.shutdown_grace.0;
-    let mut current = config;
+    let mut run = Running { source, current: config, metrics, budget, shared };
     loop {
         tokio::select! {
             _ = term.recv() => {
+                let grace = run.current.server.shutdown_grace.0;
                 tracing::info!(grace_seconds = grace.as_secs_f64(), open = server.open_connections(), "SIGTERM: finishing requests in flight");
                 let drained = server.shutdown(grace).await;
                 if drained {
@@ -299,14 +416,10 @@ async fn run_server(source: Source, config: Config, workers: Vec<tokio::runtime:
                 return ExitCode::from(130);
             }
             _ = hup.recv() => {
-                match reload(&source, &current, &server, &metrics, &budget) {
-                    Ok(new) => {
-                        grace = new.server.shutdown_grace.0;
-                        current = new;
-                        metrics.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
+                match run.source.load().and_then(|(config, text)| run.apply(&server, config, &text)) {
+                    Ok(()) => tracing::info!(config = %run.current.source, "SIGHUP: config reloaded"),
                     Err(errors) => {
-                        metrics.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        run.metrics.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         for e in &errors {
                             tracing::error!("reload refused: {e}");
                         }
@@ -314,30 +427,78 @@ async fn run_server(source: Source, config: Config, workers: Vec<tokio::runtime:
                     }
                 }
             }
+            Some(request) = control_rx.recv() => run.control(&server, request),
         }
     }
 }
 
-fn reload(
-    source: &Source,
-    current: &Config,
-    server: &Server<AppRouter>,
-    metrics: &Arc<Metrics>,
-    budget: &Arc<Budget>,
-) -> Result<Config, Vec<ConfigError>> {
-    let config = source.load()?;
-    let generation = app::build(&config, metrics, budget)?;
-    let access_log = AccessLogger::open(&config.access_log)
-        .map_err(|e| vec![ConfigError { file: config.source.clone(), line: 0, key: "access_log.output".into(), message: e.to_string() }])?;
-    if config.server.worker_threads != current.server.worker_threads || config.server.runtime != current.server.runtime {
-        tracing::warn!("server.worker_threads and server.runtime changes only take effect on restart");
+impl Running {
+    /// Builds a generation from a parsed config and swaps it in; on any error the running one
+    /// stays.
+    fn apply(&mut self, server: &Server<AppRouter>, config: Config, text: &str) -> Result<(), Vec<ConfigError>> {
+        let env = app::Env { shared: &self.shared, config_text: text, from_file: self.source.file.is_some() };
+        let generation = app::build(&config, &self.metrics, &self.budget, &env)?;
+        let access_log = AccessLogger::open(&config.access_log).map_err(|e| {
+            vec![ConfigError { file: config.source.clone(), line: 0, key: "access_log.output".into(), message: e.to_string() }]
+        })?;
+        if config.server.worker_threads != self.current.server.worker_threads || config.server.runtime != self.current.server.runtime {
+            tracing::warn!("server.worker_threads and server.runtime changes only take effect on restart");
+        }
+        let bound = server
+            .apply(generation.listeners, generation.router, Settings::from_config(&config), Some(access_log))
+            .map_err(|e| vec![ConfigError { file: config.source.clone(), line: 0, key: "listener".into(), message: e.to_string() }])?;
+        announce(&bound);
+        self.current = config;
+        self.metrics.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
-    let bound = server
-        .apply(generation.listeners, generation.router, Settings::from_config(&config), Some(access_log))
-        .map_err(|e| vec![ConfigError { file: config.source.clone(), line: 0, key: "listener".into(), message: e.to_string() }])?;
-    announce(&bound);
-    tracing::info!(config = %config.source, "SIGHUP: config reloaded");
-    Ok(config)
+
+    /// Answers a request of the admin API: validate a config text, or apply it (and save it to
+    /// the config file, atomically, once it runs).
+    fn control(&mut self, server: &Server<AppRouter>, request: ControlRequest) {
+        let strings = |errors: Vec<ConfigError>| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+        match request {
+            ControlRequest::Validate { text, reply } => {
+                let result = self.source.parse(&text).and_then(|config| {
+                    let env = app::Env { shared: &self.shared, config_text: &text, from_file: self.source.file.is_some() };
+                    app::build(&config, &self.metrics, &self.budget, &env).map(|_| ())
+                });
+                let _ = reply.send(result.map_err(strings));
+            }
+            ControlRequest::Apply { text, reply } => {
+                let result = self.source.parse(&text).and_then(|config| self.apply(server, config, &text)).map_err(strings);
+                let result = result.and_then(|()| match &self.source.file {
+                    Some(f) => write_atomically(f, &text)
+                        .map(|()| true)
+                        .map_err(|e| vec![format!("the new config runs, but saving it to {} failed: {e}", f.display())]),
+                    None => {
+                        self.source.applied = Some(text);
+                        Ok(false)
+                    }
+                });
+                match &result {
+                    Ok(_) => tracing::info!(config = %self.current.source, "admin API: new config applied"),
+                    Err(p) => tracing::warn!(problems = p.len(), "admin API: config refused; still running the previous one"),
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// Replaces a file so that readers see the old or the new content, never a mix: write a
+/// temporary file beside it, flush it to disk, rename it over the old one.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("toml.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn announce(bound: &[servente_core::Bound]) {

@@ -3,6 +3,7 @@
 
 mod app;
 mod cli;
+mod users;
 
 use std::process::ExitCode;
 
