@@ -36,6 +36,8 @@ pub const FIRST_ADMIN: &str = "admin";
 /// Scopes a token may carry: `admin` (the whole admin API), `admin:read` (its GET requests),
 /// `user` (act as the user on sites and roles).
 pub const SCOPES: &[&str] = &["admin", "admin:read", "user"];
+/// Audit entries kept; older ones are deleted as new ones come.
+pub const AUDIT_KEEP: i64 = 100_000;
 /// The store file inside the data folder.
 pub const STORE_FILE: &str = "directory.db";
 
@@ -205,8 +207,15 @@ impl Directory {
             outcome: outcome.into(),
             detail: detail.into(),
         };
-        if let Err(e) = self.store.audit(&entry) {
-            tracing::error!(action, target_name = target, "cannot write the audit log: {e}");
+        match self.store.audit(&entry) {
+            // Keep the newest entries only, so a flood of failed sign-ins cannot fill the disk.
+            Ok(id) if id % 1000 == 0 => {
+                if let Err(e) = self.store.prune_audit(id - AUDIT_KEEP) {
+                    tracing::warn!("cannot prune the audit log: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(action, target_name = target, "cannot write the audit log: {e}"),
         }
     }
 
@@ -521,7 +530,7 @@ pub struct Client {
 impl Client {
     pub fn label(&self) -> String {
         match self.ip {
-            Some(ip) => ip.to_string(),
+            Some(ip) => ip.to_canonical().to_string(),
             None => "unix".into(),
         }
     }
@@ -532,7 +541,8 @@ impl Client {
 
     /// Loopback or a Unix socket: the network cannot see the traffic.
     pub fn is_local(&self) -> bool {
-        self.ip.is_none_or(|ip| ip.is_loopback())
+        // An IPv4 client of a `[::]` listener shows up as `::ffff:127.0.0.1`.
+        self.ip.is_none_or(|ip| ip.to_canonical().is_loopback())
     }
 }
 
@@ -633,6 +643,16 @@ mod tests {
         assert!(matches!(d.session("forged"), Err(AuthError::NoSession)));
         d.set_password(&a, "dave", Some("another-password".into())).expect("passwd");
         assert!(matches!(d.session(&cookie), Err(AuthError::NoSession)), "a new password ends sessions");
+    }
+
+    #[test]
+    fn mapped_loopback_is_local() {
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().expect("address");
+        let c = Client { ip: Some(mapped), tls: false };
+        assert!(c.is_local());
+        assert_eq!(c.label(), "127.0.0.1");
+        assert!(!Client { ip: Some("192.0.2.1".parse().expect("address")), tls: false }.is_local());
+        assert!(Client { ip: None, tls: false }.is_local());
     }
 
     #[test]

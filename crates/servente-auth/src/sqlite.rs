@@ -395,6 +395,10 @@ impl Store for SqliteStore {
         Ok(conn.last_insert_rowid())
     }
 
+    fn prune_audit(&self, last_id: i64) -> StoreResult<()> {
+        self.conn().execute("DELETE FROM audit WHERE id <= ?1", [last_id]).map(|_| ()).map_err(backend)
+    }
+
     fn audit_recent(&self, limit: u32) -> StoreResult<Vec<AuditEntry>> {
         let conn = self.conn();
         let mut st = conn

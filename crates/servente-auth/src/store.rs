@@ -127,6 +127,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends to the audit log; returns the entry's id.
     fn audit(&self, entry: &AuditEntry) -> StoreResult<i64>;
+    /// Deletes entries with an id up to `last_id`.
+    fn prune_audit(&self, last_id: i64) -> StoreResult<()>;
     /// The newest `limit` entries, newest first.
     fn audit_recent(&self, limit: u32) -> StoreResult<Vec<AuditEntry>>;
 }
