@@ -217,8 +217,30 @@ async function api(method, path, body, { signin = false } = {}) {
     err.handled = true;
     signedOut('Your session has ended. Please sign in again.');
   }
+  // A 403 may mean this user has just left `admins` (e.g. removed themselves): if so, show the
+  // "administrators only" screen instead of an error (a missing CSRF token stays an error).
+  if (res.status === 403 && !signin && session && await lostAdmin()) err.handled = true;
   throw err;
 }
+
+const isAdmin = s => !!s && Array.isArray(s.groups) && s.groups.includes('admins');
+
+let accessCheck = null;
+/** Asks the server for the session again; true (and the no-access screen) when it is no admin. */
+function lostAdmin() {
+  accessCheck ??= api('GET', '/api/session', undefined, { signin: true })
+    .then(s => {
+      if (!session || isAdmin(s)) return false;
+      session = s;
+      showNoAccess();
+      return true;
+    }, () => false)
+    .finally(() => { accessCheck = null; });
+  return accessCheck;
+}
+
+/** "Could not load the users: <the server's error>", for a table or list that failed to load. */
+const loadError = (what, e) => `Could not load ${what}: ${(e && e.message) || String(e)}`;
 
 /* ============================================================== shell: sign-in, routing */
 
@@ -241,6 +263,7 @@ function leaveView() {
 function showSignin(message = '') {
   $('#loading').hidden = true;
   $('#app').hidden = true;
+  $('#noaccess').hidden = true;
   $('#signin').hidden = false;
   document.title = 'Sign in · servente';
   $('#signin-error').textContent = message;
@@ -248,13 +271,38 @@ function showSignin(message = '') {
   ($('#signin-user').value ? $('#signin-password') : $('#signin-user')).focus();
 }
 
+/** After signing in (or finding a session): the console for admins, a calm refusal for others. */
+function showSession() {
+  if (isAdmin(session)) showApp(); else showNoAccess();
+}
+
 function showApp() {
   $('#loading').hidden = true;
   $('#signin').hidden = true;
+  $('#noaccess').hidden = true;
   $('#app').hidden = false;
   $('#whoami').textContent = session.display_name || session.user;
   $('#whoami').title = session.user;
   route(false);
+}
+
+/** A signed-in user who is not in `admins`: no console, no polling, just a way to sign out. */
+function showNoAccess() {
+  leaveView();
+  const view = $('#view');
+  view.replaceChildren();
+  delete view.dataset.view;
+  const dlg = $('#dialog');
+  if (dlg.open) dlg.close();
+  $$('#messages .toast.error').forEach(t => t.remove());
+  $('#loading').hidden = true;
+  $('#signin').hidden = true;
+  $('#app').hidden = true;
+  $('#noaccess').hidden = false;
+  const name = session.display_name || session.user;
+  $('#noaccess-user').textContent = name && name !== session.user ? `${name} (${session.user})` : session.user;
+  document.title = 'Administrators only · servente';
+  $('#noaccess-signout').focus();
 }
 
 function signedOut(message) {
@@ -268,7 +316,7 @@ function signedOut(message) {
 }
 
 function route(focus = true) {
-  if (!session) return;
+  if (!isAdmin(session)) return;
   let name = (/^#\/([\w-]+)/.exec(location.hash) || [])[1];
   if (!routes[name]) {
     name = 'dashboard';
@@ -309,7 +357,7 @@ async function onSignin(ev) {
     session = await api('POST', '/api/session', { user, password }, { signin: true });
     form.reset();
     submit.disabled = false;
-    showApp();
+    showSession();
   } catch (e) {
     let wait = e.status === 429 ? parseInt(e.retryAfter, 10) : NaN;
     error.textContent = wait > 0 ? `${e.message.replace(/[.!]?$/, '.')} Try again in ${wait} s.` : e.message;
@@ -337,13 +385,14 @@ async function onSignout() {
 async function boot() {
   $('#signin-form').addEventListener('submit', onSignin);
   $('#signout').addEventListener('click', onSignout);
+  $('#noaccess-signout').addEventListener('click', onSignout);
   $('#menu-toggle').addEventListener('click', () => setMenu(!$('#app').classList.contains('menu-open')));
   $('#nav').addEventListener('click', ev => { if (ev.target.closest('a')) setMenu(false); });
   document.addEventListener('keydown', ev => { if (ev.key === 'Escape') setMenu(false); });
   window.addEventListener('hashchange', () => route());
   try {
     session = await api('GET', '/api/session', undefined, { signin: true });
-    showApp();
+    showSession();
   } catch (e) {
     showSignin(e.status === 401 ? '' : e.message);
   }
@@ -551,7 +600,7 @@ function viewDashboard(view) {
       (s.access || []).length
         ? h('ul', { class: 'plain' }, s.access.map(a => h('li', {}, h('span', { class: 'mono' }, a.path), ' → ', list(a.allow))))
         : 'open to all']]));
-  }).catch(e => { sites.empty('Could not load the sites.'); fail(e); });
+  }).catch(e => { sites.empty(loadError('the sites', e)); fail(e); });
 
   const redraw = () => Object.values(charts).forEach(c => c.draw());
   const scheme = matchMedia('(prefers-color-scheme: dark)');
@@ -584,7 +633,7 @@ function viewUsers(view) {
 
   let users = [];
   async function load() {
-    try { users = (await api('GET', '/api/users')) || []; render(); } catch (e) { fail(e); }
+    try { users = (await api('GET', '/api/users')) || []; render(); } catch (e) { t.empty(loadError('the users', e)); fail(e); }
   }
 
   function render() {
@@ -672,7 +721,10 @@ function viewGroups(view) {
     try {
       [groups, users] = await Promise.all([api('GET', '/api/groups'), api('GET', '/api/users')]);
       render();
-    } catch (e) { fail(e); }
+    } catch (e) {
+      box.replaceChildren(h('p', { class: 'muted' }, loadError('the groups', e)));
+      fail(e);
+    }
   }
 
   function render() {
@@ -760,7 +812,7 @@ function viewTokens(view) {
 
   let tokens = [];
   async function load() {
-    try { tokens = (await api('GET', '/api/tokens')) || []; render(); } catch (e) { fail(e); }
+    try { tokens = (await api('GET', '/api/tokens')) || []; render(); } catch (e) { t.empty(loadError('the tokens', e)); fail(e); }
   }
   api('GET', '/api/users').then(us => {
     who.append(...(us || []).filter(u => u.name !== session.user).map(u => h('option', { value: u.name }, u.name)));
@@ -828,7 +880,7 @@ function viewConfig(view) {
       source.textContent = `Source: ${(c && c.source) || '(none)'} · ${c && c.persisted
         ? 'applied changes are written back to this file.'
         : 'applied changes only change the running server (not written to a file).'}`;
-    } catch (e) { source.textContent = 'Could not load the configuration.'; fail(e); }
+    } catch (e) { source.textContent = loadError('the configuration', e); fail(e); }
   }
 
   function show(kind, message, problems = []) {
@@ -972,7 +1024,10 @@ function viewAudit(view) {
       h('span', { class: 'detail' }, text(e.detail))]]));
   }
   async function load() {
-    try { entries = (await api('GET', `/api/audit?limit=${limit.value}`)) || []; render(); } catch (e) { fail(e); }
+    try {
+      entries = (await api('GET', `/api/audit?limit=${limit.value}`)) || [];
+      render();
+    } catch (e) { t.empty(loadError('the audit log', e)); fail(e); }
   }
   limit.addEventListener('change', load);
   filter.addEventListener('input', render);
