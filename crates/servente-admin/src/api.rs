@@ -398,7 +398,6 @@ struct SignInBody {
 
 async fn sign_in(admin: &Admin, req: Request<Incoming>, cx: &mut RequestCx) -> ApiResult {
     let body: SignInBody = read_json(req).await?;
-    cx.user = Some(body.user.chars().take(64).collect());
     let dir = admin.shared.directory.clone();
     let client = client(cx);
     let (p, display, cookie, session) = blocking(move || {
@@ -408,6 +407,7 @@ async fn sign_in(admin: &Admin, req: Request<Incoming>, cx: &mut RequestCx) -> A
         Ok((p, display, cookie, session))
     })
     .await?;
+    cx.user = Some(p.user.clone());
     let mut r = json_response(StatusCode::OK, &session_json(&p, &display, &session.csrf, session.expires));
     let ttl = admin.shared.directory.settings().session_ttl.as_secs();
     if let Some(c) = set_session_cookie(&cookie, ttl, cx.tls) {

@@ -130,8 +130,9 @@ pub struct Directory {
     throttle: throttle::Throttle,
     settings: Settings,
     /// Recently verified Basic credentials: SHA-256 of user and password to the account's
-    /// `password_changed` at that time and when it was checked.
-    basic_cache: dashmap::DashMap<String, (i64, Instant)>,
+    /// password hash at that time (salted, so any change of password or account changes it)
+    /// and when it was checked.
+    basic_cache: dashmap::DashMap<String, (String, Instant)>,
 }
 
 fn check_password(p: &str) -> DirResult<()> {
@@ -403,7 +404,8 @@ impl Directory {
     /// Checks a user name and password, with throttling. Blocks (hashing, and the delay of a
     /// throttled attempt): call it from a blocking thread.
     pub fn login(&self, user: &str, password: &str, client: &Client) -> Result<Principal, AuthError> {
-        let actor = Actor { name: user.chars().take(64).collect(), client: client.label() };
+        // The claimed name goes to logs: keep it short and free of line breaks and controls.
+        let actor = Actor { name: printable(user), client: client.label() };
         let account_key = format!("user:{}", actor.name);
         let addr_key = format!("addr:{}", client.label());
         let keys = [account_key.as_str(), addr_key.as_str()];
@@ -442,10 +444,10 @@ impl Directory {
     /// so that a WebDAV client does not pay a password hash per request.
     pub fn verify_basic(&self, user: &str, password: &str, client: &Client) -> Result<Principal, AuthError> {
         let key = secret::sha256_hex(&format!("{user}\0{password}"));
-        if let Some(hit) = self.basic_cache.get(&key).map(|e| *e)
+        if let Some(hit) = self.basic_cache.get(&key).map(|e| e.clone())
             && hit.1.elapsed() < Duration::from_secs(60)
             && let Some(rec) = self.store.user(user)?
-            && rec.user.password_changed == hit.0
+            && secret::constant_time_eq(&rec.password_hash, &hit.0)
             && !rec.user.disabled
         {
             return Ok(self.principal(rec.user, Method::Password, None));
@@ -455,7 +457,7 @@ impl Directory {
             if self.basic_cache.len() > 10_000 {
                 self.basic_cache.retain(|_, e| e.1.elapsed() < Duration::from_secs(60));
             }
-            self.basic_cache.insert(key, (rec.user.password_changed, Instant::now()));
+            self.basic_cache.insert(key, (rec.password_hash, Instant::now()));
         }
         Ok(p)
     }
@@ -517,6 +519,12 @@ impl Directory {
         self.audit(actor, "logout", &actor.name, "ok", "");
         Ok(())
     }
+}
+
+/// A claimed (unchecked) name made safe for logs: at most 64 characters, control
+/// characters replaced by `?`.
+pub fn printable(name: &str) -> String {
+    name.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 /// Where a client connects from, for throttling, the audit log and the Basic-auth rule.

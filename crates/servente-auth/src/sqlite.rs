@@ -113,6 +113,13 @@ impl SqliteStore {
     }
 }
 
+/// A write transaction that takes the write lock at once: a deferred one that reads first
+/// would fail with "database is locked" (without waiting) when another writer got there in
+/// between; an immediate one waits for the busy timeout instead.
+fn write_tx(conn: &mut Connection) -> StoreResult<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(backend)
+}
+
 fn groups_of(conn: &Connection, user: &str) -> rusqlite::Result<Vec<String>> {
     let mut st = conn.prepare_cached("SELECT grp FROM members WHERE user = ?1 ORDER BY grp")?;
     st.query_map([user], |r| r.get(0))?.collect()
@@ -193,7 +200,7 @@ impl Store for SqliteStore {
 
     fn create_user(&self, user: &User, password_hash: &str) -> StoreResult<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(backend)?;
+        let tx = write_tx(&mut conn)?;
         for g in &user.groups {
             if !exists(&tx, "groups", g).map_err(backend)? {
                 return Err(StoreError::NotFound(format!("group `{g}`")));
@@ -213,7 +220,7 @@ impl Store for SqliteStore {
     fn update_user(&self, name: &str, patch: &UserPatch) -> StoreResult<User> {
         {
             let mut conn = self.conn();
-            let tx = conn.transaction().map_err(backend)?;
+            let tx = write_tx(&mut conn)?;
             if !exists(&tx, "users", name).map_err(backend)? {
                 return Err(StoreError::NotFound(format!("user `{name}`")));
             }
@@ -236,7 +243,7 @@ impl Store for SqliteStore {
 
     fn set_password(&self, name: &str, password_hash: &str, now: i64) -> StoreResult<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(backend)?;
+        let tx = write_tx(&mut conn)?;
         let n = tx
             .execute("UPDATE users SET password_hash = ?1, password_changed = ?2 WHERE name = ?3", params![password_hash, now, name])
             .map_err(backend)?;
@@ -303,7 +310,7 @@ impl Store for SqliteStore {
 
     fn add_member(&self, group: &str, user: &str) -> StoreResult<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(backend)?;
+        let tx = write_tx(&mut conn)?;
         if !exists(&tx, "groups", group).map_err(backend)? {
             return Err(StoreError::NotFound(format!("group `{group}`")));
         }
@@ -323,7 +330,7 @@ impl Store for SqliteStore {
 
     fn create_token(&self, token: &Token, secret_hash: &str) -> StoreResult<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(backend)?;
+        let tx = write_tx(&mut conn)?;
         if !exists(&tx, "users", &token.user).map_err(backend)? {
             return Err(StoreError::NotFound(format!("user `{}`", token.user)));
         }

@@ -86,7 +86,9 @@ pub fn format_combined(r: &AccessRecord<'_>) -> String {
     format!(
         "{} - {} [{}] \"{} {} {}\" {} {} \"{}\" \"{}\"\n",
         r.peer,
-        r.user.unwrap_or("-"),
+        // A user name is unquoted in this format: spaces would shift the fields, so they are
+        // escaped too (names from the directory never have any; claimed ones might).
+        escape_quoted(r.user.unwrap_or("-")).replace(' ', "\\x20"),
         clf_time(r.time),
         r.method,
         escape_quoted(r.target),
