@@ -6,12 +6,14 @@
 //! source of `docs/config.md` ([`reference_markdown`]). This crate does no network IO and knows
 //! nothing of tokio; it only looks at the file system to check that roots and files exist.
 
+pub mod apps;
 pub mod reader;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use apps::{App, AppListen, Balance, FastCgi, Health, ProxyRoute, Upstream, UpstreamProtocol, UpstreamSettings};
 pub use reader::{ByteSize, ConfigError, Seconds};
 use reader::{Reader, Section, TableReader};
 
@@ -49,6 +51,8 @@ pub struct Config {
     pub auth: Auth,
     pub listeners: Vec<Listener>,
     pub sites: Vec<Site>,
+    pub upstreams: Vec<Upstream>,
+    pub apps: Vec<App>,
     /// The file the config came from (`<embedded>` for the default), for messages.
     pub source: String,
 }
@@ -66,7 +70,9 @@ impl Section for Config {
                 "Signing in: the user directory (in the data folder) is shared by every role; manage it with `servente user|group|token` or the admin console.",
             ),
             listeners: t.list("listener", "A socket servente listens on. Several are allowed; each has a role."),
-            sites: t.list("site", "A static web site, chosen by the request's Host (and TLS SNI)."),
+            sites: t.list("site", "A web site, chosen by the request's Host (and TLS SNI): static files, and routes to upstreams, apps and FastCGI."),
+            upstreams: t.list("upstream", "A group of HTTP servers that sites' `proxy` routes forward to."),
+            apps: t.list("app", "An application servente starts, supervises and forwards to (its instances form an upstream of the same name)."),
             source: String::new(),
         }
     }
@@ -444,6 +450,8 @@ pub struct Site {
     pub redirects: Vec<Redirect>,
     pub rules: Vec<Rule>,
     pub access: Vec<Access>,
+    pub proxy: Vec<ProxyRoute>,
+    pub fastcgi: Option<FastCgi>,
     /// Set by validation: the root, resolved against the config's folder.
     pub root_path: PathBuf,
     pub line: usize,
@@ -465,7 +473,11 @@ impl Section for Site {
                 "Answer requests whose Host matches no site. At most one site is the default; without one, the first site is.",
             ),
             listeners: t.field("listeners", Vec::new(), "Names of the `web` listeners this site is served on; empty means all of them."),
-            root: t.required("root", "Folder whose files are served; relative to the config file's folder."),
+            root: t.field(
+                "root",
+                String::new(),
+                "Folder whose files are served; relative to the config file's folder. A site without one serves only its `proxy` routes.",
+            ),
             index: t.field("index", vec!["index.html".to_string()], "Files tried, in order, when a folder is requested."),
             listing: t.field("listing", false, "List a folder that has no index file (HTML, or JSON when the client asks for `application/json`)."),
             hide_dotfiles: t.field("hide_dotfiles", true, "Answer 404 for any path with a component starting with a dot (`.git`, `.env`)."),
@@ -491,6 +503,8 @@ impl Section for Site {
                 "access",
                 "Who may read which paths. The first rule whose path matches decides; paths no rule matches are public.",
             ),
+            proxy: t.list("proxy", "Paths forwarded to an upstream or app; the first matching route wins, before files."),
+            fastcgi: t.optional_section("fastcgi", "Scripts run by a FastCGI server (php-fpm), under the site's root."),
             root_path: PathBuf::new(),
             line: t.line(),
             key: t.prefix().to_string(),
@@ -803,6 +817,31 @@ fn validate(config: &mut Config, base: &Path, r: &mut Reader) {
             if s.hosts.is_empty() {
                 r.error(tls.line, &tls.key_name, "a site certificate needs `hosts` to be chosen by SNI");
             }
+        }
+    }
+    let mut upstream_names = std::collections::HashSet::new();
+    for (name, line, key) in
+        config.upstreams.iter().map(|u| (&u.name, u.line, &u.key)).chain(config.apps.iter().map(|a| (&a.name, a.line, &a.key)))
+    {
+        if !upstream_names.insert(name.clone()) {
+            r.error(line, &format!("{key}.name"), format!("another upstream or app is already named `{name}`"));
+        }
+    }
+    for a in &config.apps {
+        if let Some(d) = &a.dir
+            && !base.join(d).is_dir()
+        {
+            r.error(a.line, &format!("{}.dir", a.key), format!("{} is not a folder", base.join(d).display()));
+        }
+    }
+    for s in &config.sites {
+        for p in &s.proxy {
+            if !upstream_names.contains(&p.upstream) {
+                r.error(p.line, &format!("{}.upstream", p.key), format!("there is no upstream or app named `{}`", p.upstream));
+            }
+        }
+        if s.fastcgi.is_some() && s.root.is_empty() {
+            r.error(s.line, &format!("{}.fastcgi", s.key), "FastCGI scripts live under the site's `root`: set one");
         }
     }
     if config.listeners.is_empty() {

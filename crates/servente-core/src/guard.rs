@@ -16,7 +16,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,6 +37,9 @@ pub struct ConnState {
     /// The connection's reader, parked while a request was in flight: woken when the last
     /// response finishes so that the idle clock starts.
     parked_reader: AtomicWaker,
+    /// The connection was handed over by a `101 Switching Protocols` (WebSocket and other
+    /// upgrades): it is a tunnel now, whose bytes are not HTTP heads, so no limit here applies.
+    upgraded: AtomicBool,
 }
 
 impl ConnState {
@@ -57,6 +60,11 @@ impl ConnState {
         if before == 1 {
             self.parked_reader.wake();
         }
+    }
+
+    /// The response was `101 Switching Protocols`: stop timing heads and idleness.
+    pub fn upgraded(&self) {
+        self.upgraded.store(true, Relaxed);
     }
 
     pub fn in_flight(&self) -> usize {
@@ -174,6 +182,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<I> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if this.state.upgraded.load(Relaxed) => Poll::Pending,
             Poll::Pending => {
                 this.update_phase(false);
                 if this.phase == Phase::Busy {

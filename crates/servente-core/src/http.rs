@@ -164,6 +164,9 @@ pub(crate) async fn serve_request<R: Router>(
         }
     };
     let (parts, body) = response.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        conn.state.upgraded();
+    }
     let done = Completion {
         status: parts.status.as_u16(),
         bytes: 0,

@@ -411,7 +411,8 @@ async fn serve_http<R, IO>(
         Some(false) => &settings.http1_only,
         None => &settings.builder,
     };
-    let conn = builder.serve_connection(TokioIo::new(guarded), service);
+    // With upgrades: a role may answer 101 and take the connection over (WebSocket proxying).
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(guarded), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,

@@ -18,6 +18,8 @@ use foldhash::fast::RandomState;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use servente_apps::upstream::Upstream;
 use servente_auth::web::{authenticate, credentials};
 use servente_auth::{Acl, AuthError, Client, Directory, Level};
 use servente_config::{Config, ListenerRole};
@@ -54,11 +56,18 @@ pub struct WebRole {
 
 impl WebRole {
     /// Builds the sites; `budget` is shared across reloads so memory stays bounded.
-    pub fn new(config: &Config, metrics: &Metrics, budget: Arc<Budget>, auth: WebAuth) -> Result<Self, Vec<String>> {
+    /// `upstreams`: every upstream and app of the config by name, for proxy routes.
+    pub fn new(
+        config: &Config,
+        metrics: &Metrics,
+        budget: Arc<Budget>,
+        auth: WebAuth,
+        upstreams: &HashMap<String, Arc<Upstream>>,
+    ) -> Result<Self, Vec<String>> {
         let mut sites = Vec::new();
         let mut errors = Vec::new();
         for s in &config.sites {
-            match Site::new(s, metrics.site(&s.name), budget.clone()) {
+            match Site::new(s, metrics.site(&s.name), budget.clone(), upstreams) {
                 Ok(site) => sites.push(site),
                 Err(e) => errors.push(e),
             }
@@ -121,7 +130,7 @@ impl WebRole {
         self.sites.get(index)
     }
 
-    pub async fn handle<B>(&self, req: Request<B>, cx: &mut RequestCx) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, cx: &mut RequestCx) -> Response<Body> {
         match self.site_for(&req, cx) {
             Some(site) => {
                 cx.site = Some(site.stats.clone());
@@ -129,6 +138,9 @@ impl WebRole {
                     && let Err(refusal) = self.check_access(acl, &req, cx).await
                 {
                     return refusal;
+                }
+                if let Some(route) = site.proxy_for(req.uri().path()) {
+                    return route.handle(req, cx).await;
                 }
                 site.handle(&req, cx.started).await
             }

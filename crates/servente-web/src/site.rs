@@ -12,6 +12,8 @@ use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Frame;
+use servente_apps::proxy::ProxyRoute;
+use servente_apps::upstream::Upstream;
 use servente_auth::{Acl, Level};
 use servente_config::Site as SiteConfig;
 use servente_core::Body;
@@ -51,13 +53,27 @@ pub struct Site {
     budget: Arc<Budget>,
     /// Access rules: path pattern and who may read; the first match decides.
     access: Vec<(String, Acl)>,
+    /// Paths forwarded to upstreams; the first match wins, before files.
+    proxy: Vec<ProxyRoute>,
+    /// False for a site without a root: only its routes answer.
+    files: bool,
 }
 
 /// A counter that makes multipart boundaries unique within the process.
 static BOUNDARY_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Site {
-    pub fn new(c: &SiteConfig, stats: Arc<SiteStats>, budget: Arc<Budget>) -> Result<Self, String> {
+    pub fn new(
+        c: &SiteConfig,
+        stats: Arc<SiteStats>,
+        budget: Arc<Budget>,
+        upstreams: &std::collections::HashMap<String, Arc<Upstream>>,
+    ) -> Result<Self, String> {
+        let mut proxy = Vec::new();
+        for p in &c.proxy {
+            let upstream = upstreams.get(&p.upstream).ok_or_else(|| format!("{}: no upstream or app named `{}`", c.key, p.upstream))?;
+            proxy.push(ProxyRoute::new(p, upstream.clone()));
+        }
         let mut rules = Vec::new();
         for r in &c.rules {
             let mut headers = Vec::new();
@@ -107,7 +123,18 @@ impl Site {
                 .iter()
                 .map(|a| Acl::parse(&a.allow, Level::Read).map(|acl| (a.path.clone(), acl)).map_err(|e| format!("{}: {e}", c.key)))
                 .collect::<Result<_, _>>()?,
+            proxy,
+            files: !c.root.is_empty(),
         })
+    }
+
+    /// The proxy route for a request path (matched on the normalized path), if any.
+    pub fn proxy_for(&self, raw_path: &str) -> Option<&ProxyRoute> {
+        if self.proxy.is_empty() {
+            return None;
+        }
+        let clean = path::clean(raw_path, false).ok()?;
+        self.proxy.iter().find(|r| negotiate::glob_match(&r.pattern, &clean.url_path))
     }
 
     /// The access rule for a request path, matched on the decoded, normalized path (so that
@@ -151,6 +178,9 @@ impl Site {
             return r;
         }
         let head = method == Method::HEAD;
+        if !self.files {
+            return text(StatusCode::NOT_FOUND, "not found\n");
+        }
         let clean = match path::clean(req.uri().path(), self.hide_dotfiles) {
             Ok(c) => c,
             Err(PathError::BadRequest) => return self.error(StatusCode::BAD_REQUEST, head, now).await,

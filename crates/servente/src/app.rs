@@ -1,11 +1,13 @@
 //! Turning a config into a running generation: the roles (a closed enum matched here), the
 //! listeners with their TLS, and the router the core calls for every HTTP request.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use servente_admin::{AccessInfo, Admin, ConfigView, Shared, SiteInfo};
+use servente_apps::upstream::Upstream;
 use servente_config::{Config, ConfigError, ListenerRole};
 use servente_core::metrics::Metrics;
 use servente_core::tls::{self, SniResolver};
@@ -60,6 +62,8 @@ pub struct Env<'a> {
     pub config_text: &'a str,
     /// Whether the config came from a file (which applying a new one rewrites).
     pub from_file: bool,
+    /// Every upstream and app of the config by name (from `servente_apps::registry`).
+    pub upstreams: &'a HashMap<String, Arc<Upstream>>,
 }
 
 /// Builds a generation, reporting every problem as a config error (certificates that do not
@@ -90,7 +94,7 @@ pub fn build(config: &Config, metrics: &Arc<Metrics>, budget: &Arc<Budget>, env:
         });
     }
     let auth = WebAuth { directory: Some(env.shared.directory.clone()), basic_over_plain_http: config.auth.basic_over_plain_http };
-    let web = match WebRole::new(config, metrics, budget.clone(), auth) {
+    let web = match WebRole::new(config, metrics, budget.clone(), auth, env.upstreams) {
         Ok(w) => Some(w),
         Err(list) => {
             errors.extend(list.into_iter().map(|m| err(0, "site", m)));

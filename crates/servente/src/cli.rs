@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use servente_admin::{ControlRequest, Shared};
+use servente_apps::registry::Registry;
 use servente_auth::Directory;
 use servente_config::{Config, ConfigError, EMBEDDED_DEFAULT, Overrides, RuntimeModel};
 use servente_core::access_log::AccessLogger;
@@ -185,6 +186,10 @@ impl Source {
     }
 }
 
+fn strings_to_errors(file: &str, list: Vec<String>) -> Vec<ConfigError> {
+    list.into_iter().map(|message| ConfigError { file: file.to_string(), line: 0, key: String::new(), message }).collect()
+}
+
 fn check(path: &Path) -> ExitCode {
     let source = Source { file: Some(path.to_path_buf()), overrides: Overrides::default(), applied: None };
     let result = source.load().and_then(|(config, text)| {
@@ -200,7 +205,9 @@ fn check(path: &Path) -> ExitCode {
             control,
             started: std::time::SystemTime::now(),
         });
-        app::build(&config, &metrics, &budget, &app::Env { shared: &shared, config_text: &text, from_file: true }).map(|_| config)
+        let upstreams = Registry::detached(&config).map_err(|e| strings_to_errors(&source.name(), e))?;
+        app::build(&config, &metrics, &budget, &app::Env { shared: &shared, config_text: &text, from_file: true, upstreams: &upstreams })
+            .map(|_| config)
     });
     match result {
         Ok(config) => {
@@ -345,6 +352,7 @@ struct Running {
     metrics: Arc<Metrics>,
     budget: Arc<Budget>,
     shared: Arc<Shared>,
+    registry: Arc<Registry>,
 }
 
 async fn run_server(source: Source, config: (Config, String), workers: Vec<tokio::runtime::Handle>) -> ExitCode {
@@ -369,7 +377,15 @@ async fn run_server(source: Source, config: (Config, String), workers: Vec<tokio
     };
     let (control, mut control_rx) = tokio::sync::mpsc::channel(8);
     let shared = Arc::new(Shared { directory, metrics: metrics.clone(), control, started: std::time::SystemTime::now() });
-    let env = app::Env { shared: &shared, config_text: &text, from_file: source.file.is_some() };
+    let registry = Registry::new(&data_dir);
+    let upstreams = match registry.prepare(&config, &source.base()) {
+        Ok(u) => u,
+        Err(errors) => {
+            print_errors(&strings_to_errors(&source.name(), errors));
+            return ExitCode::from(2);
+        }
+    };
+    let env = app::Env { shared: &shared, config_text: &text, from_file: source.file.is_some(), upstreams: &upstreams };
     let generation = match app::build(&config, &metrics, &budget, &env) {
         Ok(g) => g,
         Err(errors) => {
@@ -397,7 +413,7 @@ async fn run_server(source: Source, config: (Config, String), workers: Vec<tokio
         }
     };
     tracing::info!(config = %config.source, data_dir = %data_dir.display(), "servente started");
-    let mut run = Running { source, current: config, metrics, budget, shared };
+    let mut run = Running { source, current: config, metrics, budget, shared, registry };
     loop {
         tokio::select! {
             _ = term.recv() => {
@@ -405,14 +421,18 @@ async fn run_server(source: Source, config: (Config, String), workers: Vec<tokio
                 tracing::info!(grace_seconds = grace.as_secs_f64(), open = server.open_connections(), "SIGTERM: finishing requests in flight");
                 let drained = server.shutdown(grace).await;
                 if drained {
-                    tracing::info!("all connections finished; exiting");
+                    tracing::info!("all connections finished");
                 } else {
                     tracing::warn!(open = server.open_connections(), "grace period over; closing the remaining connections");
                 }
+                run.registry.supervisor.shutdown().await;
+                tracing::info!("exiting");
                 return ExitCode::SUCCESS;
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: stopping now");
+                // Apps still get SIGTERM and their grace period: no process is left behind.
+                run.registry.supervisor.shutdown().await;
                 return ExitCode::from(130);
             }
             _ = hup.recv() => {
@@ -436,7 +456,13 @@ impl Running {
     /// Builds a generation from a parsed config and swaps it in; on any error the running one
     /// stays.
     fn apply(&mut self, server: &Server<AppRouter>, config: Config, text: &str) -> Result<(), Vec<ConfigError>> {
-        let env = app::Env { shared: &self.shared, config_text: text, from_file: self.source.file.is_some() };
+        // Build a throwaway generation first: a config that cannot run must not start or
+        // restart any app.
+        let detached = Registry::detached(&config).map_err(|e| strings_to_errors(&config.source, e))?;
+        let env = app::Env { shared: &self.shared, config_text: text, from_file: self.source.file.is_some(), upstreams: &detached };
+        app::build(&config, &self.metrics, &self.budget, &env)?;
+        let upstreams = self.registry.prepare(&config, &self.source.base()).map_err(|e| strings_to_errors(&config.source, e))?;
+        let env = app::Env { shared: &self.shared, config_text: text, from_file: self.source.file.is_some(), upstreams: &upstreams };
         let generation = app::build(&config, &self.metrics, &self.budget, &env)?;
         let access_log = AccessLogger::open(&config.access_log).map_err(|e| {
             vec![ConfigError { file: config.source.clone(), line: 0, key: "access_log.output".into(), message: e.to_string() }]
@@ -460,7 +486,9 @@ impl Running {
         match request {
             ControlRequest::Validate { text, reply } => {
                 let result = self.source.parse(&text).and_then(|config| {
-                    let env = app::Env { shared: &self.shared, config_text: &text, from_file: self.source.file.is_some() };
+                    let upstreams = Registry::detached(&config).map_err(|e| strings_to_errors(&config.source, e))?;
+                    let env =
+                        app::Env { shared: &self.shared, config_text: &text, from_file: self.source.file.is_some(), upstreams: &upstreams };
                     app::build(&config, &self.metrics, &self.budget, &env).map(|_| ())
                 });
                 let _ = reply.send(result.map_err(strings));

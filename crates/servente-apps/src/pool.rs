@@ -1,0 +1,171 @@
+//! Connections to upstream servers: connecting (TCP or Unix socket, with a timeout), the
+//! HTTP/1.1 or HTTP/2 handshake, and a keep-alive pool per worker thread.
+//!
+//! The pool is thread-local on purpose: with per-core runtimes a connection's IO is driven by
+//! the thread that made it, so handing it to another thread would add a cross-thread wake-up
+//! to every request. An HTTP/1.1 connection goes back to the pool when its response body has
+//! been read to the end (only then can it carry the next request); an HTTP/2 connection is
+//! shared by every request of the thread until it closes.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use servente_config::UpstreamProtocol;
+
+/// The body servente sends upstream: the client's body, streamed, or nothing.
+pub type UpBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Where an upstream server listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Address {
+    Tcp(SocketAddr),
+    /// A host name, resolved at each new connection.
+    Name(String),
+    Unix(std::path::PathBuf),
+}
+
+impl Address {
+    pub fn parse(text: &str) -> Result<Address, String> {
+        servente_config::apps::check_server_address(text)?;
+        if let Some(p) = text.strip_prefix("unix:") {
+            return Ok(Address::Unix(p.into()));
+        }
+        Ok(match text.parse::<SocketAddr>() {
+            Ok(a) => Address::Tcp(a),
+            Err(_) => Address::Name(text.to_string()),
+        })
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Tcp(a) => write!(f, "{a}"),
+            Address::Name(n) => f.write_str(n),
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A connection able to send requests.
+pub enum Sender {
+    H1(http1::SendRequest<UpBody>),
+    H2(http2::SendRequest<UpBody>),
+}
+
+impl Sender {
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+}
+
+/// Opens a connection and runs its HTTP handshake; the connection's task is spawned on the
+/// current runtime and ends when the connection closes.
+pub async fn connect(address: &Address, protocol: UpstreamProtocol, timeout: Duration) -> io::Result<Sender> {
+    let fut = async {
+        match address {
+            Address::Tcp(a) => handshake(tcp(tokio::net::TcpStream::connect(a).await?)?, protocol).await,
+            Address::Name(n) => handshake(tcp(tokio::net::TcpStream::connect(n.as_str()).await?)?, protocol).await,
+            Address::Unix(p) => handshake(tokio::net::UnixStream::connect(p).await?, protocol).await,
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {address} timed out"))),
+    }
+}
+
+fn tcp(s: tokio::net::TcpStream) -> io::Result<tokio::net::TcpStream> {
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+async fn handshake<IO>(io: IO, protocol: UpstreamProtocol) -> io::Result<Sender>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    match protocol {
+        UpstreamProtocol::Http2 => {
+            let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await.map_err(io::Error::other)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("upstream HTTP/2 connection ended: {e}");
+                }
+            });
+            Ok(Sender::H2(sender))
+        }
+        _ => {
+            let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(io::Error::other)?;
+            tokio::spawn(async move {
+                // with_upgrades: a 101 from the upstream hands the connection to the tunnel.
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!("upstream connection ended: {e}");
+                }
+            });
+            Ok(Sender::H1(sender))
+        }
+    }
+}
+
+/// Identifies one server in the thread-local pool (`upstream::Server::id`, unique per process).
+pub type PoolKey = u64;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+thread_local! {
+    static POOL: RefCell<HashMap<PoolKey, Vec<Idle>>> = RefCell::new(HashMap::new());
+}
+
+/// A pooled connection for `key`, if one is idle, open and younger than `max_idle_time`.
+pub fn take(key: PoolKey, max_idle_time: Duration) -> Option<Sender> {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let list = p.get_mut(&key)?;
+        while let Some(idle) = list.pop() {
+            if idle.sender.is_closed() || idle.since.elapsed() > max_idle_time {
+                continue;
+            }
+            // HTTP/2 senders are shared: leave a copy for the next request.
+            if let Sender::H2(s) = &idle.sender {
+                let copy = Sender::H2(s.clone());
+                list.push(idle);
+                return Some(copy);
+            }
+            return Some(idle.sender);
+        }
+        None
+    })
+}
+
+/// Puts a connection back for reuse (HTTP/1.1: after its response body was read to the end).
+pub fn put(key: PoolKey, sender: Sender, max_idle: usize) {
+    if sender.is_closed() || max_idle == 0 {
+        return;
+    }
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let list = p.entry(key).or_default();
+        if list.len() < max_idle {
+            list.push(Idle { sender, since: Instant::now() });
+        }
+    });
+}
+
+/// Drops this thread's idle connections of `key` (a server removed from its upstream).
+pub fn forget(key: PoolKey) {
+    POOL.with(|p| p.borrow_mut().remove(&key));
+}

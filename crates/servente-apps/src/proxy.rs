@@ -1,0 +1,434 @@
+//! Forwarding a request to an upstream group and its response back: the request's headers
+//! (hop-by-hop removed, forwarding headers set as configured), server choice with retries,
+//! timeouts, streaming bodies both ways, and protocol upgrades (WebSocket) as a tunnel.
+
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use servente_config::ProxyRoute as RouteConfig;
+use servente_core::{Body, RequestCx, simple_response};
+
+use crate::pool::{self, Sender, UpBody};
+use crate::upstream::{InFlight, Upstream};
+
+/// A path of a site forwarded to an upstream.
+pub struct ProxyRoute {
+    pub pattern: String,
+    pub upstream: Arc<Upstream>,
+    strip_prefix: Option<String>,
+    forwarded: bool,
+    trusted: Vec<(IpAddr, u8)>,
+}
+
+pub fn empty_body() -> UpBody {
+    http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(n);
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+fn in_cidr(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+fn bad_gateway(status: StatusCode, text: &'static str) -> Response<Body> {
+    simple_response(status, text)
+}
+
+impl ProxyRoute {
+    pub fn new(c: &RouteConfig, upstream: Arc<Upstream>) -> Self {
+        ProxyRoute {
+            pattern: c.path.clone(),
+            upstream,
+            strip_prefix: c.strip_prefix.clone().filter(|p| !p.is_empty() && p != "/"),
+            forwarded: c.forwarded,
+            trusted: c.trust_forwarded_from.iter().filter_map(|t| servente_config::apps::parse_cidr(t)).collect(),
+        }
+    }
+
+    /// The path and query the upstream sees.
+    fn upstream_path(&self, uri: &Uri) -> String {
+        let path = uri.path();
+        let path = match &self.strip_prefix {
+            Some(p) => match path.strip_prefix(p.as_str()) {
+                Some("") => "/",
+                Some(rest) if rest.starts_with('/') => rest,
+                _ => path,
+            },
+            None => path,
+        };
+        match uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        }
+    }
+
+    /// Sets (or, from trusted proxies, extends) the forwarding headers.
+    fn forwarding_headers(&self, h: &mut HeaderMap, cx: &RequestCx) {
+        let peer = cx.peer.map(|p| p.ip().to_canonical());
+        let trusted = peer.is_some_and(|ip| self.trusted.iter().any(|c| in_cidr(ip, *c)));
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let xfp = HeaderName::from_static("x-forwarded-proto");
+        let xfh = HeaderName::from_static("x-forwarded-host");
+        let fwd = HeaderName::from_static("forwarded");
+        let previous_for: Vec<String> =
+            if trusted { h.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect() } else { Vec::new() };
+        let previous_forwarded: Vec<String> =
+            if trusted { h.get_all(&fwd).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect() } else { Vec::new() };
+        if !trusted {
+            for n in [&xff, &xfp, &xfh, &fwd] {
+                h.remove(n);
+            }
+        }
+        if !self.forwarded {
+            return;
+        }
+        let client = match peer {
+            Some(ip) => ip.to_string(),
+            None => "unix".to_string(),
+        };
+        let proto = if cx.tls { "https" } else { "http" };
+        let mut list = previous_for.join(", ");
+        if !list.is_empty() {
+            list.push_str(", ");
+        }
+        list.push_str(&client);
+        if let Ok(v) = HeaderValue::from_str(&list) {
+            h.insert(&xff, v);
+        }
+        if !h.contains_key(&xfp) {
+            h.insert(&xfp, HeaderValue::from_static(if cx.tls { "https" } else { "http" }));
+        }
+        let host = h.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string);
+        if !h.contains_key(&xfh)
+            && let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+        {
+            h.insert(&xfh, v);
+        }
+        let node = match peer {
+            Some(IpAddr::V6(ip)) => format!("\"[{ip}]\""),
+            Some(ip) => ip.to_string(),
+            None => "unknown".to_string(),
+        };
+        let mut element = format!("for={node};proto={proto}");
+        if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
+            element.push_str(&format!(";host=\"{host}\""));
+        }
+        let mut value = previous_forwarded.join(", ");
+        if !value.is_empty() {
+            value.push_str(", ");
+        }
+        value.push_str(&element);
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(&fwd, v);
+        }
+    }
+
+    /// The value consistent hashing keys on.
+    fn hash_value<B>(&self, req: &Request<B>) -> Option<Vec<u8>> {
+        let key = self.upstream.settings.hash_key.as_deref()?;
+        if let Some(name) = key.strip_prefix("header:") {
+            return req.headers().get(name).map(|v| v.as_bytes().to_vec());
+        }
+        let name = key.strip_prefix("cookie:")?;
+        req.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
+            let (n, v) = pair.trim().split_once('=')?;
+            (n == name).then(|| v.as_bytes().to_vec())
+        })
+    }
+
+    pub async fn handle(&self, mut req: Request<Incoming>, cx: &RequestCx) -> Response<Body> {
+        let upgrade = is_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+            || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+        let idempotent =
+            matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE);
+        let retryable = idempotent && !has_body && !upgrade;
+        let hash = self.hash_value(&req);
+        let (mut parts, body) = req.into_parts();
+        let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(u) = upgrade_value.filter(|_| upgrade) {
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, u);
+        }
+        self.forwarding_headers(&mut parts.headers, cx);
+        let path = self.upstream_path(&parts.uri);
+        let mut body = Some(body);
+        let settings = &self.upstream.settings;
+        let attempts = if retryable { 1 + settings.retries } else { 1 };
+        let mut tried: Vec<u64> = Vec::new();
+        for _ in 0..attempts {
+            let Some(flight) = self.upstream.pick(hash.as_deref(), &tried) else { break };
+            let server = flight.server().clone();
+            tried.push(server.id);
+            // A pooled connection may have been closed by the server a moment ago; a request
+            // that is safe to repeat then gets one fresh connection to the same server.
+            let mut fresh_tries = if retryable { 2 } else { 1 };
+            let mut pooled = pool::take(server.id, settings.idle_timeout.0);
+            loop {
+                let reused = pooled.is_some();
+                let sender = match pooled.take() {
+                    Some(s) => s,
+                    None => match pool::connect(&server.address, settings.protocol, settings.connect_timeout.0).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(upstream = %self.upstream.name, server = %server.address, "cannot connect: {e}");
+                            self.upstream.report(&server, false);
+                            break;
+                        }
+                    },
+                };
+                let req_body = if retryable { empty_body() } else { body.take().map(|b| b.boxed_unsync()).unwrap_or_else(empty_body) };
+                let uri = match (&sender, &server.address) {
+                    (Sender::H2(_), pool::Address::Tcp(a)) => format!("http://{a}{path}"),
+                    (Sender::H2(_), pool::Address::Name(n)) => format!("http://{n}{path}"),
+                    (Sender::H2(_), pool::Address::Unix(_)) => format!("http://localhost{path}"),
+                    (Sender::H1(_), _) => path.clone(),
+                };
+                let Ok(uri) = uri.parse::<Uri>() else {
+                    return bad_gateway(StatusCode::BAD_REQUEST, "the request target cannot be forwarded\n");
+                };
+                let mut up = Request::new(req_body);
+                *up.method_mut() = parts.method.clone();
+                *up.uri_mut() = uri;
+                *up.headers_mut() = parts.headers.clone();
+                if matches!(sender, Sender::H2(_)) {
+                    // HTTP/2 carries the host in :authority; a Host header would be a duplicate.
+                    up.headers_mut().remove(header::HOST);
+                } else {
+                    *up.version_mut() = http::Version::HTTP_11;
+                }
+                match send(sender, up, settings.response_timeout.0).await {
+                    Ok((resp, sender)) => {
+                        self.upstream.report(&server, resp.status() != StatusCode::BAD_GATEWAY);
+                        return self.respond(resp, sender, flight, client_upgrade, parts.method == Method::HEAD);
+                    }
+                    Err(SendError::Timeout) => {
+                        tracing::warn!(upstream = %self.upstream.name, server = %server.address, "no response within {:?}", settings.response_timeout.0);
+                        self.upstream.report(&server, false);
+                        return bad_gateway(StatusCode::GATEWAY_TIMEOUT, "gateway timeout: the upstream server did not answer in time\n");
+                    }
+                    Err(SendError::Failed(e)) => {
+                        if reused && fresh_tries > 1 {
+                            fresh_tries -= 1;
+                            continue;
+                        }
+                        tracing::warn!(upstream = %self.upstream.name, server = %server.address, "request failed: {e}");
+                        self.upstream.report(&server, false);
+                        if !retryable {
+                            return bad_gateway(StatusCode::BAD_GATEWAY, "bad gateway: the upstream server failed to answer\n");
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        if tried.is_empty() {
+            bad_gateway(StatusCode::SERVICE_UNAVAILABLE, "service unavailable: no upstream server is available\n")
+        } else {
+            bad_gateway(StatusCode::BAD_GATEWAY, "bad gateway: no upstream server could answer\n")
+        }
+    }
+
+    fn respond(
+        &self,
+        resp: Response<Incoming>,
+        sender: Option<Sender>,
+        flight: InFlight,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        head: bool,
+    ) -> Response<Body> {
+        let (mut parts, body) = resp.into_parts();
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return bad_gateway(StatusCode::BAD_GATEWAY, "bad gateway: the upstream switched protocols unasked\n");
+            };
+            let upstream_upgrade = hyper::upgrade::on(Response::from_parts(parts.clone(), body));
+            tokio::spawn(async move {
+                let _flight = flight;
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((c, u)) => {
+                        let mut c = hyper_util::rt::TokioIo::new(c);
+                        let mut u = hyper_util::rt::TokioIo::new(u);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                            tracing::debug!("upgraded connection ended: {e}");
+                        }
+                    }
+                    Err(e) => tracing::debug!("upgrade failed: {e}"),
+                }
+            });
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            *r.headers_mut() = parts.headers;
+            return r;
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        let max_idle = self.upstream.settings.max_idle;
+        let body = if head || body.is_end_stream() {
+            // Nothing to read: the connection is free now.
+            if let Some(s) = sender {
+                pool::put(flight.server().id, s, max_idle);
+            }
+            drop(flight);
+            Body::empty()
+        } else {
+            Body::stream(PooledBody { inner: body, sender, flight: Some(flight), max_idle })
+        };
+        let mut r = Response::from_parts(parts, body);
+        // hyper recomputes the framing; keep a HEAD answer's length as the upstream said.
+        if head {
+            r.headers_mut().remove(header::TRANSFER_ENCODING);
+        }
+        r
+    }
+}
+
+enum SendError {
+    Timeout,
+    Failed(hyper::Error),
+}
+
+/// Sends a request; for HTTP/1.1 the sender comes back with the response, to be pooled once
+/// the body is read.
+async fn send(
+    sender: Sender,
+    req: Request<UpBody>,
+    timeout: std::time::Duration,
+) -> Result<(Response<Incoming>, Option<Sender>), SendError> {
+    let fut = async move {
+        match sender {
+            Sender::H1(mut s) => {
+                s.ready().await.map_err(SendError::Failed)?;
+                let resp = s.send_request(req).await.map_err(SendError::Failed)?;
+                Ok((resp, Some(Sender::H1(s))))
+            }
+            Sender::H2(mut s) => {
+                s.ready().await.map_err(SendError::Failed)?;
+                let resp = s.send_request(req).await.map_err(SendError::Failed)?;
+                Ok((resp, None))
+            }
+        }
+    };
+    tokio::time::timeout(timeout, fut).await.unwrap_or(Err(SendError::Timeout))
+}
+
+/// The upstream's response body on its way to the client; when it ends, its connection goes
+/// back to the pool and the server's in-flight count drops.
+struct PooledBody {
+    inner: Incoming,
+    sender: Option<Sender>,
+    flight: Option<InFlight>,
+    max_idle: usize,
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                if let (Some(s), Some(f)) = (this.sender.take(), this.flight.take()) {
+                    pool::put(f.server().id, s, this.max_idle);
+                }
+                this.flight = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.sender = None;
+                this.flight = None;
+                Poll::Ready(Some(Err(io::Error::other(format!("the upstream response broke off: {e}")))))
+            }
+            other => other.map(|o| o.map(|r| r.map_err(io::Error::other))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn cidrs_match() {
+        let net = servente_config::apps::parse_cidr("10.1.0.0/16").expect("cidr");
+        assert!(in_cidr("10.1.2.3".parse().expect("ip"), net));
+        assert!(!in_cidr("10.2.0.1".parse().expect("ip"), net));
+        assert!(in_cidr("::1".parse().expect("ip"), servente_config::apps::parse_cidr("::1").expect("cidr")));
+        assert!(!in_cidr("::1".parse().expect("ip"), net));
+    }
+}
