@@ -301,6 +301,37 @@ async fn route(admin: &Admin, req: Request<Incoming>, cx: &mut RequestCx) -> Api
             .await?;
             ok(json!({ "ok": true, "persisted": persisted }))
         }
+        (Method::GET, ["apps"]) => ok(admin.shared.apps.apps().iter().map(|a| app_json(a)).collect::<Vec<_>>()),
+        (Method::GET, ["apps", name]) => match admin.shared.apps.app(name) {
+            Some(a) => ok(app_json(&a)),
+            None => Err(Problem::new(StatusCode::NOT_FOUND, format!("no app named `{name}`"))),
+        },
+        (Method::GET, ["apps", name, "logs"]) => match admin.shared.apps.app(name) {
+            Some(a) => {
+                let lines = query(&path_and_query(&req), "lines").and_then(|v| v.parse().ok()).unwrap_or(100usize).min(500);
+                ok(a.logs(lines))
+            }
+            None => Err(Problem::new(StatusCode::NOT_FOUND, format!("no app named `{name}`"))),
+        },
+        (Method::POST, ["apps", name, "restart"]) => {
+            let Some(a) = admin.shared.apps.app(name) else {
+                return Err(Problem::new(StatusCode::NOT_FOUND, format!("no app named `{name}`")));
+            };
+            let result = a.restart().await;
+            let d = admin.shared.directory.clone();
+            let target = name.to_string();
+            let outcome = if result.is_ok() { "ok" } else { "failed" };
+            let detail = result.as_ref().err().cloned().unwrap_or_default();
+            blocking(move || {
+                d.audit(&actor, "app.restart", &target, outcome, &detail);
+                Ok(())
+            })
+            .await?;
+            match result {
+                Ok(()) => ok(app_json(&a)),
+                Err(e) => Err(Problem::new(StatusCode::CONFLICT, e)),
+            }
+        }
         (Method::GET, ["log"]) => {
             let after = query(&path_and_query(&req), "after").and_then(|v| v.parse().ok()).unwrap_or(0);
             ok(servente_core::logging::recent(after))
@@ -309,7 +340,9 @@ async fn route(admin: &Admin, req: Request<Incoming>, cx: &mut RequestCx) -> Api
             let limit = query(&path_and_query(&req), "limit").and_then(|v| v.parse::<u32>().ok()).unwrap_or(200).clamp(1, 1000);
             ok(blocking(move || Ok(dir.store().audit_recent(limit)?)).await?)
         }
-        (_, ["users" | "groups" | "tokens" | "status" | "sites" | "config" | "log" | "audit", ..]) => Err(not_allowed_or_missing(&seg)),
+        (_, ["users" | "groups" | "tokens" | "status" | "sites" | "config" | "log" | "audit" | "apps", ..]) => {
+            Err(not_allowed_or_missing(&seg))
+        }
         _ => Err(Problem::new(StatusCode::NOT_FOUND, format!("no such API endpoint: {path}"))),
     }
 }
@@ -460,6 +493,24 @@ fn status(admin: &Admin) -> Value {
         "bytes_total": total_bytes,
         "responses": class_json(&classes),
         "sites": sites,
+    })
+}
+
+fn app_json(a: &servente_apps::supervisor::AppRuntime) -> Value {
+    let (status, message, instances) = a.status();
+    let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    json!({
+        "name": a.name,
+        "status": status.as_str(),
+        "message": message,
+        "instances": instances.iter().map(|i| json!({
+            "id": i.id,
+            "pid": i.pid,
+            "address": i.address,
+            "ready": i.ready,
+            "started": unix(i.started),
+            "restarts": i.restarts,
+        })).collect::<Vec<_>>(),
     })
 }
 

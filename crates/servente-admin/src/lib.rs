@@ -36,6 +36,8 @@ pub enum ControlRequest {
 /// What the admin role shares across config generations.
 pub struct Shared {
     pub directory: Arc<Directory>,
+    /// The supervised apps (none when the config declares none).
+    pub apps: Arc<servente_apps::supervisor::Supervisor>,
     pub metrics: Arc<Metrics>,
     pub control: mpsc::Sender<ControlRequest>,
     pub started: SystemTime,

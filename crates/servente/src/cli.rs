@@ -16,7 +16,7 @@ use servente_core::{Server, Settings};
 use servente_web::Budget;
 
 use crate::app::{self, AppRouter};
-use crate::users;
+use crate::{apps_cli, users};
 
 /// servente: one server for an organization's web, files, apps, database, mail, print and game.
 ///
@@ -63,6 +63,14 @@ enum Command {
         command: users::GroupCommand,
         #[command(flatten)]
         store: users::StoreArgs,
+    },
+    /// The supervised apps of a running servente (through its admin API; needs
+    /// `$SERVENTE_TOKEN`).
+    App {
+        #[command(subcommand)]
+        command: apps_cli::AppCommand,
+        #[command(flatten)]
+        admin: apps_cli::AdminArgs,
     },
     /// Manage API tokens for scripts.
     Token {
@@ -131,6 +139,7 @@ pub fn run() -> ExitCode {
         Command::User { command, store } => users::user(command, &store),
         Command::Group { command, store } => users::group(command, &store),
         Command::Token { command, store } => users::token(command, &store),
+        Command::App { command, admin } => apps_cli::run(command, &admin),
     }
 }
 
@@ -201,6 +210,7 @@ fn check(path: &Path) -> ExitCode {
         let (control, _) = tokio::sync::mpsc::channel(1);
         let shared = Arc::new(Shared {
             directory: Arc::new(Directory::new(Arc::new(store), servente_auth::Settings::default())),
+            apps: servente_apps::supervisor::Supervisor::new(std::env::temp_dir()),
             metrics: metrics.clone(),
             control,
             started: std::time::SystemTime::now(),
@@ -376,8 +386,14 @@ async fn run_server(source: Source, config: (Config, String), workers: Vec<tokio
         }
     };
     let (control, mut control_rx) = tokio::sync::mpsc::channel(8);
-    let shared = Arc::new(Shared { directory, metrics: metrics.clone(), control, started: std::time::SystemTime::now() });
     let registry = Registry::new(&data_dir);
+    let shared = Arc::new(Shared {
+        directory,
+        apps: registry.supervisor.clone(),
+        metrics: metrics.clone(),
+        control,
+        started: std::time::SystemTime::now(),
+    });
     let upstreams = match registry.prepare(&config, &source.base()) {
         Ok(u) => u,
         Err(errors) => {

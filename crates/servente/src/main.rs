@@ -2,6 +2,7 @@
 //! (start, reload on SIGHUP, graceful stop on SIGTERM, fast stop on SIGINT).
 
 mod app;
+mod apps_cli;
 mod cli;
 mod users;
 
