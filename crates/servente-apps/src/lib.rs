@@ -6,8 +6,10 @@
 //! - [`proxy`]: forwarding a request and streaming the answer back, upgrades as tunnels;
 //! - [`supervisor`]: app processes (start, readiness, restart with backoff, rolling restart,
 //!   stop);
-//! - [`registry`]: upstreams and apps kept across config reloads.
+//! - [`registry`]: upstreams and apps kept across config reloads;
+//! - [`fastcgi`]: PHP and other FastCGI applications (php-fpm).
 
+pub mod fastcgi;
 pub mod pool;
 pub mod proxy;
 pub mod registry;

@@ -142,6 +142,9 @@ impl WebRole {
                 if let Some(route) = site.proxy_for(req.uri().path()) {
                     return route.handle(req, cx).await;
                 }
+                if let Some((route, script)) = site.fastcgi_script(req.uri().path()).await {
+                    return route.run(req, script, cx).await;
+                }
                 site.handle(&req, cx.started).await
             }
             None => servente_core::simple_response(http::StatusCode::MISDIRECTED_REQUEST, "no site serves this host\n"),

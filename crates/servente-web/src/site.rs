@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Frame;
+use servente_apps::fastcgi::{FastCgiRoute, Script};
 use servente_apps::proxy::ProxyRoute;
 use servente_apps::upstream::Upstream;
 use servente_auth::{Acl, Level};
@@ -57,6 +58,7 @@ pub struct Site {
     proxy: Vec<ProxyRoute>,
     /// False for a site without a root: only its routes answer.
     files: bool,
+    fastcgi: Option<Arc<FastCgiRoute>>,
 }
 
 /// A counter that makes multipart boundaries unique within the process.
@@ -125,7 +127,21 @@ impl Site {
                 .collect::<Result<_, _>>()?,
             proxy,
             files: !c.root.is_empty(),
+            fastcgi: match &c.fastcgi {
+                Some(f) => Some(Arc::new(FastCgiRoute::new(f, &c.root_path).map_err(|e| format!("{}.fastcgi: {e}", c.key))?)),
+                None => None,
+            },
         })
+    }
+
+    /// The FastCGI script a request goes to, if the site has a FastCGI route and the path
+    /// names a script (or falls to the front controller). Checks the disk on the blocking pool.
+    pub async fn fastcgi_script(&self, raw_path: &str) -> Option<(Arc<FastCgiRoute>, Script)> {
+        let route = self.fastcgi.clone()?;
+        let url = path::clean(raw_path, self.hide_dotfiles).ok()?.url_path.into_owned();
+        let r = route.clone();
+        let script = tokio::task::spawn_blocking(move || r.script_for(&url)).await.ok().flatten()?;
+        Some((route, script))
     }
 
     /// The proxy route for a request path (matched on the normalized path), if any.

@@ -1,0 +1,485 @@
+//! FastCGI (the protocol of php-fpm): the wire format ([`encode_params`], [`Record`],
+//! [`parse_cgi_head`], no IO), a client that runs one request on a kept-alive connection, and
+//! the site route that decides which requests are scripts, the way nginx's usual PHP setup
+//! does (`try_files $uri $uri/ /index.php`).
+//!
+//! Written by hand: the protocol is small (eight record types, of which a responder uses six)
+//! and the crates for it did not fit the streaming and pooling servente needs.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http_body::{Body as _, Frame};
+use hyper::body::Incoming;
+use servente_config::FastCgi as FastCgiConfig;
+use servente_core::{Body, RequestCx, simple_response};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::pool::Address;
+
+const VERSION: u8 = 1;
+const BEGIN_REQUEST: u8 = 1;
+const END_REQUEST: u8 = 3;
+const PARAMS: u8 = 4;
+const STDIN: u8 = 5;
+const STDOUT: u8 = 6;
+const STDERR: u8 = 7;
+const RESPONDER: u16 = 1;
+/// Largest content of one record.
+const MAX_CONTENT: usize = 65_535;
+/// Largest CGI response head servente reads before giving up.
+const MAX_HEAD: usize = 64 * 1024;
+/// The request id: one request per connection at a time.
+const REQUEST_ID: u16 = 1;
+
+/// Appends one record (content up to 65,535 bytes) to `out`.
+pub fn write_record(out: &mut BytesMut, kind: u8, content: &[u8]) {
+    debug_assert!(content.len() <= MAX_CONTENT);
+    let padding = (8 - content.len() % 8) % 8;
+    out.extend_from_slice(&[VERSION, kind]);
+    out.extend_from_slice(&REQUEST_ID.to_be_bytes());
+    out.extend_from_slice(&(content.len() as u16).to_be_bytes());
+    out.extend_from_slice(&[padding as u8, 0]);
+    out.extend_from_slice(content);
+    out.extend_from_slice(&[0u8; 8][..padding]);
+}
+
+/// Appends `data` as as many records of `kind` as it takes.
+fn write_stream(out: &mut BytesMut, kind: u8, data: &[u8]) {
+    for chunk in data.chunks(MAX_CONTENT) {
+        write_record(out, kind, chunk);
+    }
+}
+
+fn write_length(out: &mut Vec<u8>, n: usize) {
+    if n < 128 {
+        out.push(n as u8);
+    } else {
+        out.extend_from_slice(&((n as u32) | 0x8000_0000).to_be_bytes());
+    }
+}
+
+/// Name-value pairs in FastCGI's encoding (lengths of 1 or 4 bytes).
+pub fn encode_params<'a>(params: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in params {
+        write_length(&mut out, name.len());
+        write_length(&mut out, value.len());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+/// One record read from the application.
+#[derive(Debug, PartialEq)]
+pub struct Record {
+    pub kind: u8,
+    pub content: Bytes,
+}
+
+/// Takes one complete record off the front of `buf`, if there is one.
+pub fn parse_record(buf: &mut BytesMut) -> Result<Option<Record>, String> {
+    if buf.len() < 8 {
+        return Ok(None);
+    }
+    if buf[0] != VERSION {
+        return Err(format!("not a FastCGI record (version byte {})", buf[0]));
+    }
+    let len = u16::from_be_bytes([buf[4], buf[5]]) as usize;
+    let padding = buf[6] as usize;
+    if buf.len() < 8 + len + padding {
+        return Ok(None);
+    }
+    let kind = buf[1];
+    buf.advance(8);
+    let content = buf.split_to(len).freeze();
+    buf.advance(padding);
+    Ok(Some(Record { kind, content }))
+}
+
+/// Splits a CGI response head (`Status: 404 Not Found`, `Location: ...`, other headers) from
+/// the body bytes after it. `None` while the head is incomplete.
+pub fn parse_cgi_head(buf: &[u8]) -> Result<Option<(StatusCode, Vec<(HeaderName, HeaderValue)>, usize)>, String> {
+    let end = match buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(p) => (p, p + 4),
+        None => match buf.windows(2).position(|w| w == b"\n\n") {
+            Some(p) => (p, p + 2),
+            None => return Ok(None),
+        },
+    };
+    let head = std::str::from_utf8(&buf[..end.0]).map_err(|_| "the script's response head is not UTF-8".to_string())?;
+    let mut status = None;
+    let mut headers = Vec::new();
+    for line in head.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
+        let (name, value) = line.split_once(':').ok_or_else(|| format!("bad header line from the script: `{line}`"))?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.split(' ').next().and_then(|c| c.parse::<u16>().ok()).and_then(|c| StatusCode::from_u16(c).ok());
+            status = Some(code.ok_or_else(|| format!("bad Status from the script: `{value}`"))?);
+            continue;
+        }
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| format!("bad header name from the script: `{name}`"))?;
+        let value = HeaderValue::from_str(value).map_err(|_| format!("bad value of {name} from the script"))?;
+        headers.push((name, value));
+    }
+    let status = status.unwrap_or(if headers.iter().any(|(n, _)| n == header::LOCATION) { StatusCode::FOUND } else { StatusCode::OK });
+    Ok(Some((status, headers, end.1)))
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+async fn connect(address: &Address) -> io::Result<Box<dyn Stream>> {
+    Ok(match address {
+        Address::Tcp(a) => Box::new(tokio::net::TcpStream::connect(a).await?),
+        Address::Name(n) => Box::new(tokio::net::TcpStream::connect(n.as_str()).await?),
+        Address::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await?),
+    })
+}
+
+/// A site's FastCGI route.
+pub struct FastCgiRoute {
+    address: Address,
+    root: PathBuf,
+    prefix: String,
+    extension: String,
+    front_controller: Option<String>,
+    params: Vec<(String, String)>,
+}
+
+/// What a request path means under the route.
+#[derive(Debug, PartialEq)]
+pub struct Script {
+    /// URL path of the script (`SCRIPT_NAME`).
+    pub name: String,
+    pub path_info: String,
+    pub file: PathBuf,
+}
+
+impl FastCgiRoute {
+    pub fn new(c: &FastCgiConfig, root: &Path) -> Result<Self, String> {
+        Ok(FastCgiRoute {
+            address: Address::parse(&c.address)?,
+            root: root.to_path_buf(),
+            prefix: c.path.clone(),
+            extension: c.extension.clone(),
+            front_controller: c.front_controller.clone(),
+            params: c.params.clone(),
+        })
+    }
+
+    /// The script for a normalized URL path, if the request goes to FastCGI: a script named in
+    /// the path (with what follows as PATH_INFO), a folder's `index` script, or the front
+    /// controller for paths that match no file or folder. Blocks (file system checks).
+    pub fn script_for(&self, url_path: &str) -> Option<Script> {
+        if !url_path.starts_with(&self.prefix) {
+            return None;
+        }
+        let inside = |file: &Path| -> bool {
+            // Scripts must be regular files inside the root, wherever links point.
+            std::fs::canonicalize(file).is_ok_and(|f| f.starts_with(&self.root) && f.is_file())
+        };
+        // A segment ending in the extension names the script; the rest is PATH_INFO.
+        let mut end = 0;
+        for seg in url_path.split_inclusive('/') {
+            end += seg.len();
+            let name = seg.trim_end_matches('/');
+            if name.ends_with(&self.extension) && name.len() > self.extension.len() {
+                let script = &url_path[..end - (seg.len() - name.len())];
+                let file = self.root.join(script.trim_start_matches('/'));
+                if inside(&file) {
+                    return Some(Script { name: script.to_string(), path_info: url_path[script.len()..].to_string(), file });
+                }
+                break;
+            }
+        }
+        let on_disk = self.root.join(url_path.trim_start_matches('/'));
+        match std::fs::metadata(&on_disk) {
+            Ok(m) if m.is_dir() => {
+                let index = on_disk.join(format!("index{}", self.extension));
+                if url_path.ends_with('/') && inside(&index) {
+                    return Some(Script { name: format!("{url_path}index{}", self.extension), path_info: String::new(), file: index });
+                }
+                None
+            }
+            Ok(_) => None,
+            Err(_) => {
+                let fc = self.front_controller.as_ref()?;
+                let file = self.root.join(fc.trim_start_matches('/'));
+                inside(&file).then(|| Script { name: fc.clone(), path_info: String::new(), file })
+            }
+        }
+    }
+
+    /// Runs a script and answers with its response, streamed.
+    pub async fn run(&self, req: Request<Incoming>, script: Script, cx: &RequestCx) -> Response<Body> {
+        match self.exchange(req, &script, cx).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(script = %script.name, fastcgi = %self.address, "FastCGI request failed: {e}");
+                simple_response(StatusCode::BAD_GATEWAY, "bad gateway: the FastCGI application failed to answer\n")
+            }
+        }
+    }
+
+    fn params(&self, req: &Request<Incoming>, script: &Script, cx: &RequestCx) -> Vec<u8> {
+        let uri = req.uri();
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(uri.host()).unwrap_or("localhost").to_string();
+        let (server_name, server_port) = match host.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') || h.starts_with('[') => {
+                (h.to_string(), p.to_string())
+            }
+            _ => (host.clone(), if cx.tls { "443".into() } else { "80".into() }),
+        };
+        let request_uri = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let content_length = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let (remote_addr, remote_port) = match cx.peer {
+            Some(p) => (p.ip().to_canonical().to_string(), p.port().to_string()),
+            None => ("127.0.0.1".into(), "0".into()),
+        };
+        let version = match req.version() {
+            http::Version::HTTP_2 => "HTTP/2.0",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        let file = script.file.display().to_string();
+        let root = self.root.display().to_string();
+        let document_uri = format!("{}{}", script.name, script.path_info);
+        let mut owned: Vec<(String, Vec<u8>)> = vec![
+            ("GATEWAY_INTERFACE".into(), b"CGI/1.1".to_vec()),
+            ("SERVER_SOFTWARE".into(), b"servente".to_vec()),
+            ("REQUEST_METHOD".into(), req.method().as_str().as_bytes().to_vec()),
+            ("REQUEST_URI".into(), request_uri.into_bytes()),
+            ("QUERY_STRING".into(), uri.query().unwrap_or("").as_bytes().to_vec()),
+            ("SCRIPT_NAME".into(), script.name.as_bytes().to_vec()),
+            ("SCRIPT_FILENAME".into(), file.into_bytes()),
+            ("DOCUMENT_ROOT".into(), root.clone().into_bytes()),
+            ("DOCUMENT_URI".into(), document_uri.into_bytes()),
+            ("PATH_INFO".into(), script.path_info.as_bytes().to_vec()),
+            ("SERVER_PROTOCOL".into(), version.as_bytes().to_vec()),
+            ("REQUEST_SCHEME".into(), if cx.tls { b"https".to_vec() } else { b"http".to_vec() }),
+            ("SERVER_NAME".into(), server_name.into_bytes()),
+            ("SERVER_PORT".into(), server_port.into_bytes()),
+            ("REMOTE_ADDR".into(), remote_addr.into_bytes()),
+            ("REMOTE_PORT".into(), remote_port.into_bytes()),
+            ("CONTENT_LENGTH".into(), content_length.into_bytes()),
+            ("CONTENT_TYPE".into(), content_type.into_bytes()),
+            // php-cgi refuses to run without it unless cgi.force_redirect is off.
+            ("REDIRECT_STATUS".into(), b"200".to_vec()),
+        ];
+        if !script.path_info.is_empty() {
+            owned.push(("PATH_TRANSLATED".into(), format!("{root}{}", script.path_info).into_bytes()));
+        }
+        if cx.tls {
+            owned.push(("HTTPS".into(), b"on".to_vec()));
+        }
+        if let Some(user) = &cx.user {
+            owned.push(("REMOTE_USER".into(), user.as_bytes().to_vec()));
+        }
+        for (name, value) in req.headers() {
+            // `Proxy` would become HTTP_PROXY, which many libraries take as their proxy
+            // setting ("httpoxy"); Content-Type and -Length are passed above.
+            if name == "proxy" || name == header::CONTENT_TYPE || name == header::CONTENT_LENGTH {
+                continue;
+            }
+            let key = format!("HTTP_{}", name.as_str().to_ascii_uppercase().replace('-', "_"));
+            match owned.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => {
+                    v.extend_from_slice(b", ");
+                    v.extend_from_slice(value.as_bytes());
+                }
+                None => owned.push((key, value.as_bytes().to_vec())),
+            }
+        }
+        for (k, v) in &self.params {
+            owned.push((k.clone(), v.as_bytes().to_vec()));
+        }
+        encode_params(owned.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+    }
+
+    async fn exchange(&self, req: Request<Incoming>, script: &Script, cx: &RequestCx) -> Result<Response<Body>, String> {
+        let params = self.params(&req, script, cx);
+        let mut stream = connect(&self.address).await.map_err(|e| format!("cannot connect to {}: {e}", self.address))?;
+        let mut out = BytesMut::with_capacity(params.len() + 64);
+        let mut begin = [0u8; 8];
+        begin[..2].copy_from_slice(&RESPONDER.to_be_bytes());
+        // Flags 0 (no FCGI_KEEP_CONN): the application closes the connection when done, one
+        // connection per request, as php-fpm is usually run behind nginx.
+        write_record(&mut out, BEGIN_REQUEST, &begin);
+        write_stream(&mut out, PARAMS, &params);
+        write_record(&mut out, PARAMS, &[]);
+        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        // The request body, streamed as STDIN records.
+        let mut body = req.into_body();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            let frame = frame.map_err(|e| format!("the client's body broke off: {e}"))?;
+            if let Some(data) = frame.data_ref()
+                && !data.is_empty()
+            {
+                out.clear();
+                write_stream(&mut out, STDIN, data);
+                stream.write_all(&out).await.map_err(|e| e.to_string())?;
+            }
+        }
+        out.clear();
+        write_record(&mut out, STDIN, &[]);
+        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        // The response head.
+        let mut reader = RecordReader { stream, buf: BytesMut::with_capacity(16 * 1024), done: false };
+        let mut head = BytesMut::new();
+        let (status, headers, rest) = loop {
+            match reader.next_stdout().await? {
+                Some(chunk) => head.extend_from_slice(&chunk),
+                None => return Err("the script ended without a response".into()),
+            }
+            if let Some((status, headers, used)) = parse_cgi_head(&head)? {
+                break (status, headers, head.split_off(used).freeze());
+            }
+            if head.len() > MAX_HEAD {
+                return Err("the script's response head is larger than 64 KiB".into());
+            }
+        };
+        let body = CgiBody { first: (!rest.is_empty()).then_some(rest), reader };
+        let mut r = Response::new(Body::stream(http_body_util::StreamBody::new(body.into_stream())));
+        *r.status_mut() = status;
+        for (n, v) in headers {
+            r.headers_mut().append(n, v);
+        }
+        Ok(r)
+    }
+}
+
+struct RecordReader {
+    stream: Box<dyn Stream>,
+    buf: BytesMut,
+    done: bool,
+}
+
+impl RecordReader {
+    /// The next STDOUT bytes; `None` at END_REQUEST. STDERR lines go to the log.
+    async fn next_stdout(&mut self) -> Result<Option<Bytes>, String> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            match parse_record(&mut self.buf)? {
+                Some(Record { kind: STDOUT, content }) if !content.is_empty() => return Ok(Some(content)),
+                Some(Record { kind: STDERR, content }) => {
+                    for line in String::from_utf8_lossy(&content).lines().filter(|l| !l.trim().is_empty()) {
+                        tracing::warn!(target: "fastcgi", "{line}");
+                    }
+                }
+                Some(Record { kind: END_REQUEST, .. }) => {
+                    self.done = true;
+                    return Ok(None);
+                }
+                Some(_) => {}
+                None => {
+                    if self.buf.capacity() - self.buf.len() < 8192 {
+                        self.buf.reserve(16 * 1024);
+                    }
+                    let n = self.stream.read_buf(&mut self.buf).await.map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Err("the FastCGI application closed the connection mid-response".into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The script's output after the head, streamed as it comes.
+struct CgiBody {
+    first: Option<Bytes>,
+    reader: RecordReader,
+}
+
+impl CgiBody {
+    fn into_stream(self) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, io::Error>> + Send {
+        futures_util::stream::unfold((self.first, Some(self.reader)), |(first, reader)| async move {
+            if let Some(b) = first {
+                return Some((Ok(Frame::data(b)), (None, reader)));
+            }
+            let mut reader = reader?;
+            match reader.next_stdout().await {
+                Ok(Some(b)) => Some((Ok(Frame::data(b)), (None, Some(reader)))),
+                Ok(None) => None,
+                Err(e) => Some((Err(io::Error::other(e)), (None, None))),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_use_short_and_long_lengths() {
+        let long = vec![b'x'; 300];
+        let p = encode_params([("A", b"1".as_slice()), ("LONG", long.as_slice())]);
+        assert_eq!(&p[..4], &[1, 1, b'A', b'1']);
+        assert_eq!(p[4], 4);
+        assert_eq!(&p[5..9], &(300u32 | 0x8000_0000).to_be_bytes());
+        assert_eq!(p.len(), 4 + 1 + 4 + 4 + 300);
+    }
+
+    #[test]
+    fn records_round_trip_with_padding() {
+        let mut out = BytesMut::new();
+        write_record(&mut out, STDOUT, b"hello");
+        write_record(&mut out, END_REQUEST, &[0; 8]);
+        assert_eq!(out.len(), 8 + 8 + 8 + 8);
+        let mut partial = BytesMut::from(&out[..10]);
+        assert_eq!(parse_record(&mut partial), Ok(None));
+        assert_eq!(parse_record(&mut out), Ok(Some(Record { kind: STDOUT, content: Bytes::from_static(b"hello") })));
+        assert_eq!(parse_record(&mut out).map(|r| r.map(|r| r.kind)), Ok(Some(END_REQUEST)));
+        assert!(out.is_empty());
+        assert!(parse_record(&mut BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..])).is_err());
+    }
+
+    #[test]
+    fn cgi_heads_give_status_and_headers() {
+        let (s, h, used) = parse_cgi_head(b"Status: 404 Not Found\r\nContent-Type: text/plain\r\n\r\nbody").expect("ok").expect("complete");
+        assert_eq!((s, h.len(), used), (StatusCode::NOT_FOUND, 1, 51));
+        let (s, _, _) = parse_cgi_head(b"Location: /x\r\n\r\n").expect("ok").expect("complete");
+        assert_eq!(s, StatusCode::FOUND);
+        assert_eq!(parse_cgi_head(b"Content-Type: text/html\r\n"), Ok(None));
+        assert!(parse_cgi_head(b"no colon here\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn scripts_are_found_like_nginx_does() {
+        let dir = tempfile::tempdir().expect("dir");
+        let root = dir.path().canonicalize().expect("root");
+        std::fs::create_dir_all(root.join("blog")).expect("dir");
+        std::fs::create_dir_all(root.join("up.jpg")).expect("dir");
+        for f in ["index.php", "blog/index.php", "style.css"] {
+            std::fs::write(root.join(f), "x").expect("file");
+        }
+        let c = FastCgiConfig {
+            address: "unix:/run/php.sock".into(),
+            path: "/".into(),
+            extension: ".php".into(),
+            front_controller: Some("/index.php".into()),
+            ..Default::default()
+        };
+        let r = FastCgiRoute::new(&c, &root).expect("route");
+        let s = r.script_for("/index.php/a/b").expect("script");
+        assert_eq!((s.name.as_str(), s.path_info.as_str()), ("/index.php", "/a/b"));
+        assert_eq!(r.script_for("/blog/").expect("index").name, "/blog/index.php");
+        assert_eq!(r.script_for("/style.css"), None, "static files stay static");
+        assert_eq!(r.script_for("/no/such/page").expect("front controller").name, "/index.php");
+        assert_eq!(r.script_for("/up.jpg/evil.php").map(|s| s.name), Some("/index.php".to_string()), "never a non-script file");
+        assert_eq!(r.script_for("/missing.php").map(|s| s.name), Some("/index.php".to_string()));
+    }
+}
