@@ -101,9 +101,12 @@ pub fn parse_record(buf: &mut BytesMut) -> Result<Option<Record>, String> {
     Ok(Some(Record { kind, content }))
 }
 
+/// A parsed CGI head: status, headers, and how many bytes of the buffer it took.
+pub type CgiHead = (StatusCode, Vec<(HeaderName, HeaderValue)>, usize);
+
 /// Splits a CGI response head (`Status: 404 Not Found`, `Location: ...`, other headers) from
 /// the body bytes after it. `None` while the head is incomplete.
-pub fn parse_cgi_head(buf: &[u8]) -> Result<Option<(StatusCode, Vec<(HeaderName, HeaderValue)>, usize)>, String> {
+pub fn parse_cgi_head(buf: &[u8]) -> Result<Option<CgiHead>, String> {
     let end = match buf.windows(4).position(|w| w == b"\r\n\r\n") {
         Some(p) => (p, p + 4),
         None => match buf.windows(2).position(|w| w == b"\n\n") {
