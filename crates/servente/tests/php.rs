@@ -1,0 +1,206 @@
+//! A PHP application through php-fpm (Debian's `php-fpm`) behind servente's FastCGI route: a
+//! front controller, PATH_INFO, a form post, a file upload, a session cookie, a streamed
+//! response, static files beside the scripts, and what happens when php-fpm is down.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The php-fpm binary (`/usr/sbin/php-fpm8.2` on Debian 12).
+fn php_fpm() -> PathBuf {
+    let found = std::fs::read_dir("/usr/sbin").ok().and_then(|d| {
+        d.filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("php-fpm")))
+    });
+    found.expect("php-fpm is not installed (Debian package php-fpm; scripts/test installs it)")
+}
+
+/// A php-fpm instance of its own on a Unix socket, stopped on drop.
+struct Fpm {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Fpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_fpm(dir: &std::path::Path) -> Fpm {
+    let socket = dir.join("fpm.sock");
+    let root = running_as_root();
+    let conf = format!(
+        "[global]\npid = {d}/fpm.pid\nerror_log = {d}/fpm.log\ndaemonize = no\n[www]\n{user}listen = {s}\npm = static\npm.max_children = 2\ncatch_workers_output = yes\n",
+        d = dir.display(),
+        s = socket.display(),
+        user = if root { "user = root\ngroup = root\n" } else { "" },
+    );
+    std::fs::write(dir.join("fpm.conf"), conf).expect("fpm config");
+    let mut cmd = Command::new(php_fpm());
+    if root {
+        cmd.arg("-R");
+    }
+    let child = cmd
+        .args(["-F", "-n", "-y"])
+        .arg(dir.join("fpm.conf"))
+        .arg("-d")
+        .arg(format!("session.save_path={}", dir.display()))
+        .args(["-d", "upload_max_filesize=8M", "-d", "post_max_size=9M", "-d", "output_buffering=0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start php-fpm");
+    let deadline = Instant::now() + WAIT;
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "php-fpm did not create its socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Fpm { child, socket }
+}
+
+/// Whether the tests run as root (php-fpm then needs `-R` and a user).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+const INDEX: &str = r#"<?php
+session_start();
+$_SESSION['visits'] = ($_SESSION['visits'] ?? 0) + 1;
+header('X-App: php');
+if (($_GET['status'] ?? '') === 'teapot') { http_response_code(418); }
+if (isset($_GET['go'])) { header('Location: /elsewhere'); exit; }
+echo "uri=", $_SERVER['REQUEST_URI'], "\n";
+echo "script=", $_SERVER['SCRIPT_NAME'], "\n";
+echo "path_info=", $_SERVER['PATH_INFO'] ?? '', "\n";
+echo "method=", $_SERVER['REQUEST_METHOD'], "\n";
+echo "query=", $_SERVER['QUERY_STRING'], "\n";
+echo "https=", $_SERVER['HTTPS'] ?? 'off', "\n";
+echo "remote=", $_SERVER['REMOTE_ADDR'], "\n";
+echo "ua=", $_SERVER['HTTP_USER_AGENT'] ?? '', "\n";
+echo "proxy=", getenv('HTTP_PROXY') ?: ($_SERVER['HTTP_PROXY'] ?? 'none'), "\n";
+echo "visits=", $_SESSION['visits'], "\n";
+echo "post=", json_encode($_POST), "\n";
+foreach ($_FILES as $k => $f) { echo "file=$k:", $f['name'], ":", $f['size'], ":", md5_file($f['tmp_name']), "\n"; }
+"#;
+
+const STREAM: &str = r#"<?php
+header('Content-Type: text/plain');
+for ($i = 0; $i < 3; $i++) { echo "tick $i\n"; flush(); usleep(300000); }
+"#;
+
+fn fixture_with_fpm() -> (Fixture, Fpm) {
+    let fx = Fixture::new();
+    fx.write("root/index.php", INDEX);
+    fx.write("root/stream.php", STREAM);
+    fx.write("root/style.css", "body{}");
+    fx.write("root/uploads/photo.jpg/evil.php.txt", "not a script");
+    let fpm = start_fpm(&fx.path());
+    (fx, fpm)
+}
+
+fn php_config(socket: &std::path::Path) -> String {
+    web_config(&format!("[site.fastcgi]\naddress = \"unix:{}\"\nfront_controller = \"/index.php\"\n", socket.display()))
+}
+
+#[test]
+fn php_through_fastcgi() {
+    let (fx, fpm) = fixture_with_fpm();
+    let dir = fx.path();
+    let server = fx.start(&php_config(&fpm.socket));
+    let base = server.url("web");
+
+    let r = curl(&["-A", "servente-test", "-H", "Proxy: http://evil.example", &format!("{base}/index.php/a/b?x=1")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.text();
+    for want in [
+        "uri=/index.php/a/b?x=1",
+        "script=/index.php",
+        "path_info=/a/b",
+        "method=GET",
+        "query=x=1",
+        "remote=127.0.0.1",
+        "ua=servente-test",
+        "proxy=none",
+        "https=off",
+    ] {
+        assert!(t.contains(want), "missing {want} in:\n{t}");
+    }
+    assert_eq!(r.header("x-app"), Some("php"));
+
+    // Front controller: pretty URLs with no file behind them.
+    let t = curl(&[&format!("{base}/blog/2026/hello")]).text();
+    assert!(t.contains("uri=/blog/2026/hello") && t.contains("script=/index.php"), "{t}");
+
+    // Static files beside the scripts stay static; a file that only looks like a script is not run.
+    let r = curl(&[&format!("{base}/style.css")]);
+    assert_eq!((r.status, r.text().as_str()), (200, "body{}"));
+    let r = curl(&[&format!("{base}/uploads/photo.jpg/evil.php.txt")]);
+    assert_eq!((r.status, r.text().as_str()), (200, "not a script"));
+
+    // Status and Location from the script.
+    assert_eq!(curl(&[&format!("{base}/?status=teapot")]).status, 418);
+    let r = curl(&[&format!("{base}/?go=1")]);
+    assert_eq!((r.status, r.header("location")), (302, Some("/elsewhere")));
+
+    // A form post and a file upload (2 MiB).
+    let t = curl(&["-d", "name=Zoë&age=7", &format!("{base}/form")]).text();
+    assert!(t.contains(r#"post={"name":"Zo\u00eb","age":"7"}"#), "{t}");
+    let upload: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(dir.join("upload.bin"), &upload).expect("upload file");
+    let t = curl(&["-F", "note=hi", "-F", &format!("doc=@{}", dir.join("upload.bin").display()), &format!("{base}/upload")]).text();
+    let md5 = String::from_utf8(Command::new("md5sum").arg(dir.join("upload.bin")).output().expect("md5sum").stdout).expect("utf8");
+    let md5 = md5.split_whitespace().next().expect("digest");
+    assert!(t.contains(&format!("file=doc:upload.bin:{}:{md5}", upload.len())), "{t}");
+    assert!(t.contains(r#"post={"note":"hi"}"#), "{t}");
+
+    // A session cookie carries state from one request to the next.
+    let jar = dir.join("jar");
+    let jar = jar.to_str().expect("path");
+    assert!(curl(&["-c", jar, "-b", jar, &format!("{base}/")]).text().contains("visits=1"));
+    assert!(curl(&["-c", jar, "-b", jar, &format!("{base}/")]).text().contains("visits=2"));
+}
+
+#[test]
+fn php_output_streams_as_it_is_flushed() {
+    let (fx, fpm) = fixture_with_fpm();
+    let server = fx.start(&php_config(&fpm.socket));
+    let url = format!("{}/stream.php", server.url("web"));
+    // curl prints each chunk as it arrives; time stamps show the first came before the end.
+    let started = Instant::now();
+    let mut child = Command::new("curl").args(["-sN", &url]).stdout(Stdio::piped()).spawn().expect("curl");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 7];
+    std::io::Read::read_exact(&mut out, &mut first).expect("first tick");
+    let first_at = started.elapsed();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("rest");
+    let total = started.elapsed();
+    let _ = child.wait();
+    assert_eq!(&first, b"tick 0\n");
+    assert!(rest.contains("tick 2"), "{rest}");
+    assert!(first_at + Duration::from_millis(400) < total, "first chunk at {first_at:?}, end at {total:?}: not streamed");
+}
+
+#[test]
+fn php_fpm_down_is_a_clean_502() {
+    let (fx, fpm) = fixture_with_fpm();
+    let socket = fpm.socket.clone();
+    let server = fx.start(&php_config(&socket));
+    assert_eq!(curl(&[&format!("{}/", server.url("web"))]).status, 200);
+    drop(fpm);
+    let _ = std::fs::remove_file(&socket);
+    let r = curl(&[&format!("{}/", server.url("web"))]);
+    assert_eq!(r.status, 502);
+    assert!(r.text().contains("FastCGI"), "{}", r.text());
+    // Static files still work.
+    assert_eq!(curl(&[&format!("{}/style.css", server.url("web"))]).status, 200);
+}
