@@ -23,6 +23,7 @@ const USER = 'carol';
 const USER_PASSWORD = 'e2e-carol-pass-3Kd2';
 const DESKTOP = { viewport: { width: 1280, height: 800 }, deviceScaleFactor: 1 };
 const PHONE = { viewport: { width: 390, height: 844 }, deviceScaleFactor: 1, isMobile: true, hasTouch: true };
+const APP = 'hello'; // the supervised app of the test config (a tiny Python HTTP server)
 
 /* ---------------------------------------------------------------- checks */
 
@@ -57,6 +58,33 @@ function writeConfig(dir) {
   fs.writeFileSync(path.join(site, 'index.html'),
     '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>e2e</title></head>\n' +
     '<body><p>hello from the console test</p></body></html>\n');
+  // The app: answers every GET with its instance number and prints a line per request.
+  const app = path.join(dir, 'app.py');
+  fs.writeFileSync(app, `# Written by tests/console/console.test.mjs: an app servente supervises.
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+INSTANCE = os.environ.get("SERVENTE_INSTANCE", "?")
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"hi from {INSTANCE}\\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        print(f"{self.command} {self.path} 200", flush=True)
+
+    def log_message(self, format, *args):
+        pass  # the default writes to stderr; the line above is the log
+
+
+server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+print(f"instance {INSTANCE} listening on 127.0.0.1:{os.environ['PORT']}", flush=True)
+server.serve_forever()
+`);
   const config = path.join(dir, 'servente.toml');
   fs.writeFileSync(config, `# Written by tests/console/console.test.mjs
 [server]
@@ -79,6 +107,17 @@ role = "admin"
 [[site]]
 name = "e2e"
 root = ${JSON.stringify(site)}
+
+[[site.proxy]]
+path = "/app/"
+upstream = "${APP}"
+
+[[app]]
+name = "${APP}"
+command = "python3"
+args = [${JSON.stringify(app)}]
+instances = 2
+stop_grace = "2s"
 `);
   return config;
 }
@@ -191,6 +230,33 @@ async function traffic(base, total = 300, batch = 10, every = 100) {
   }
   await Promise.all(all);
   return { good, bad };
+}
+
+/** `n` GETs of /app/ on the web listener, one after another; resolves to the bodies (throws on a non-200). */
+async function appRequests(base, n) {
+  const bodies = [];
+  for (let i = 0; i < n; i++) {
+    const r = await fetch(`${base}/app/?n=${i}`, { signal: AbortSignal.timeout(5000) });
+    const body = (await r.text()).trim();
+    if (r.status !== 200) throw new Error(`GET /app/ answered ${r.status}: ${body.slice(0, 120)}`);
+    bodies.push(body);
+  }
+  return bodies;
+}
+
+/** The instances of the app as the Apps page shows them: [{id, pid, ready}]. */
+const appRows = page => page.$$eval(`[data-app="${APP}"] tr[data-instance]`, rs => rs.map(r => ({
+  id: r.dataset.instance, pid: r.dataset.pid, ready: /^ready$/.test(r.cells[3].textContent.trim()),
+})));
+
+/** Waits until the app's card says running with `n` ready instances. */
+async function appRunning(page, n = 2) {
+  await page.waitForFunction(([app, n]) => {
+    const card = document.querySelector(`[data-app="${app}"]`);
+    if (!card || card.querySelector('.app-status')?.textContent !== 'running') return false;
+    const rows = [...card.querySelectorAll('tr[data-instance]')];
+    return rows.length === n && rows.every(r => r.cells[3].textContent.trim() === 'ready' && r.dataset.pid);
+  }, [APP, n]);
 }
 
 /* ---------------------------------------------------------------- the test */
@@ -350,6 +416,67 @@ async function adminSession(browser, urls) {
     await shot(page, 'config');
   });
 
+  await step(`apps page lists ${APP} as running with 2 ready instances`, async () => {
+    await page.click('#nav-apps');
+    await loaded(page, 'apps');
+    if (page.url().split('#')[1] !== '/apps') throw new Error(`url ${page.url()}`);
+    await appRunning(page, 2);
+    await page.waitForFunction(() => document.querySelector('#apps-state').textContent.startsWith('live'));
+    const summary = await text(page, `[data-app="${APP}"] .app-summary`);
+    if (summary !== '2 of 2 instances ready') throw new Error(`summary: ${summary}`);
+    const heads = await page.$$eval(`[data-app="${APP}"] table thead th`, ths => ths.map(t => t.textContent));
+    if (heads.join() !== 'ID,PID,Address,Ready,Started,Restarts') throw new Error(`columns: ${heads}`);
+    const rows = await page.$$eval(`[data-app="${APP}"] tr[data-instance]`, rs => rs.map(r => r.cells[2].textContent));
+    if (!rows.every(a => /^127\.0\.0\.1:\d+$/.test(a))) throw new Error(`addresses: ${rows}`);
+  });
+
+  await step(`requests through [[site.proxy]] reach both instances and show in the app's logs`, async () => {
+    const bodies = await appRequests(urls.web, 6);
+    const from = new Set(bodies.map(b => (/^hi from (\d+)$/.exec(b) || [])[1]));
+    if (from.has(undefined)) throw new Error(`bodies: ${bodies.join(' | ')}`);
+    check(from.size === 2, 'both instances answered (round robin)', [...from].join(', '));
+    // The page polls the logs every 2 s by itself; no click on Refresh needed.
+    await page.waitForFunction(app => {
+      const log = document.querySelector(`[data-app="${app}"] .app-log`);
+      return [...log.querySelectorAll('.line')].filter(l => /GET \/app\/\?n=\d+ 200/.test(l.textContent)).length >= 6;
+    }, APP);
+    const lines = await page.$$eval(`[data-app="${APP}"] .app-log .line`, ls => ls.map(l => l.textContent));
+    if (!lines.some(l => new RegExp(`^${APP}#\\d+ stdout: instance \\d+ listening on`).test(l))) {
+      throw new Error(`no "listening" line: ${lines.slice(0, 5).join(' | ')}`);
+    }
+    await page.click(`[data-app="${APP}"] .app-logs-refresh`);
+  });
+
+  await step(`Rolling restart of ${APP} (confirmed) shows progress, then success, with new instances`, async () => {
+    const before = await appRows(page);
+    if (before.length !== 2) throw new Error(`instances before: ${JSON.stringify(before)}`);
+    await page.click(`[data-app="${APP}"] .app-restart`);
+    await page.waitForSelector('#dialog[open]');
+    const title = await text(page, '#dialog-title');
+    if (!title.includes(APP)) throw new Error(`dialog title: ${title}`);
+    await page.click('#dialog-ok');
+    await page.waitForSelector(`[data-app="${APP}"] .app-progress`);
+    if (!await page.isDisabled(`[data-app="${APP}"] .app-restart`)) throw new Error('the button is enabled during the restart');
+    await page.waitForSelector(`[data-app="${APP}"] .app-done`, { timeout: 45_000 });
+    const msg = await text(page, `[data-app="${APP}"] .app-result`);
+    if (!new RegExp(`Rolling restart of ${APP} done`).test(msg)) throw new Error(`result: ${msg}`);
+    if (await page.isDisabled(`[data-app="${APP}"] .app-restart`)) throw new Error('the button stays disabled');
+    const after = await appRows(page);
+    const oldIds = new Set(before.map(i => i.id)), oldPids = new Set(before.map(i => i.pid));
+    if (after.length !== 2 || !after.every(i => i.ready)) throw new Error(`instances after: ${JSON.stringify(after)}`);
+    if (after.some(i => oldIds.has(i.id))) throw new Error(`ids did not change: ${JSON.stringify(before)} → ${JSON.stringify(after)}`);
+    if (after.some(i => !i.pid || oldPids.has(i.pid))) throw new Error(`pids did not change: ${JSON.stringify(before)} → ${JSON.stringify(after)}`);
+    check(true, `instances ${before.map(i => `#${i.id}/${i.pid}`).join(', ')} replaced by ${after.map(i => `#${i.id}/${i.pid}`).join(', ')}`);
+    const bodies = await appRequests(urls.web, 4);
+    const newIds = new Set(after.map(i => i.id));
+    if (!bodies.every(b => newIds.has((/^hi from (\d+)$/.exec(b) || [])[1]))) throw new Error(`after the restart: ${bodies.join(' | ')}`);
+    await appRunning(page, 2);
+    // The new instances' own request lines arrive in the logs (tagged with their new ids).
+    await page.waitForFunction(([app, ids]) => [...document.querySelectorAll(`[data-app="${app}"] .app-log .line`)]
+      .some(l => ids.some(id => l.textContent.startsWith(`${app}#${id} stdout: GET /app/`))), [APP, [...newIds]]);
+    await shot(page, 'apps');
+  });
+
   await step('log page shows live application log lines', async () => {
     await page.click('#nav-log');
     await page.waitForSelector('#log-view .line');
@@ -365,6 +492,7 @@ async function adminSession(browser, urls) {
     const rows = await page.$$eval('#audit-table tbody tr', rs => rs.map(r => r.textContent));
     if (!rows.some(r => r.includes('user.add') && r.includes(USER))) throw new Error('no user.add entry for the new user');
     if (!rows.some(r => r.includes('token.') && r.includes('admin'))) throw new Error('no token entry');
+    if (!rows.some(r => r.includes('app.restart') && r.includes(APP) && r.includes('ok'))) throw new Error('no app.restart entry');
     await shot(page, 'audit');
   });
 
@@ -453,18 +581,18 @@ async function nonAdminSession(browser, urls) {
  * server's error>". The browser answers those requests itself with a 403 and an error text.
  */
 async function failedLoads(browser, urls) {
-  const page = await openPage(browser, 'desktop, admin, failing lists', DESKTOP, [401, 403]);
+  const page = await openPage(browser, 'desktop, admin, failing lists', DESKTOP, [401, 403, 409]);
   const refusal = 'refused on purpose by the console test';
   await step('a list whose request fails says "Could not load …: <error>" instead of "Loading…"', async () => {
     await page.goto(`${urls.admin}/`);
     await page.waitForSelector('#signin-form', { state: 'visible' });
     await signIn(page, 'admin', ADMIN_PASSWORD);
     await page.waitForSelector('#view[data-view="dashboard"]');
-    await page.route(u => /^\/api\/(users|groups|tokens|audit)$/.test(u.pathname), route => route.fulfill({
+    await page.route(u => /^\/api\/(users|groups|tokens|audit|apps)$/.test(u.pathname), route => route.fulfill({
       status: 403, contentType: 'application/json', body: JSON.stringify({ error: refusal }),
     }));
     for (const [view, sel, what] of [['users', '#users-table tbody', 'users'], ['groups', '#groups-list', 'groups'],
-      ['tokens', '#tokens-table tbody', 'tokens'], ['audit', '#audit-table tbody', 'audit log']]) {
+      ['tokens', '#tokens-table tbody', 'tokens'], ['audit', '#audit-table tbody', 'audit log'], ['apps', '#apps-list', 'apps']]) {
       await page.click(`#nav-${view}`);
       await loaded(page, view);
       const got = await text(page, sel);
@@ -472,6 +600,55 @@ async function failedLoads(browser, urls) {
     }
     await page.waitForSelector('#messages .toast.error');
     await shot(page, 'failed-load');
+    await page.unrouteAll();
+  });
+
+  await step('a rolling restart that the server refuses (409) shows the server\'s error line', async () => {
+    const why = 'a new instance did not become ready; the old ones keep serving';
+    await page.route(u => u.pathname === `/api/apps/${APP}/restart`, route => route.fulfill({
+      status: 409, contentType: 'application/json', body: JSON.stringify({ error: why }),
+    }));
+    await page.click('#nav-dashboard');
+    await page.waitForSelector('#view[data-view="dashboard"]');
+    await page.click('#nav-apps');
+    await loaded(page, 'apps');
+    await appRunning(page, 2);
+    const before = await appRows(page);
+    await page.click(`[data-app="${APP}"] .app-restart`);
+    await page.click('#dialog-ok');
+    await page.waitForSelector(`[data-app="${APP}"] .app-failed`);
+    const got = await text(page, `[data-app="${APP}"] .app-result`);
+    if (!got.startsWith(`Rolling restart of ${APP} failed`) || !got.endsWith(why)) throw new Error(`result: ${JSON.stringify(got)}`);
+    if (await page.isDisabled(`[data-app="${APP}"] .app-restart`)) throw new Error('the button stays disabled');
+    const after = await appRows(page);
+    if (JSON.stringify(after) !== JSON.stringify(before)) throw new Error('the instances changed');
+    await page.unrouteAll();
+  });
+
+  await step('a cancelled confirm dialog restarts nothing', async () => {
+    let posts = 0;
+    const count = r => { if (r.method() === 'POST' && new URL(r.url()).pathname.endsWith('/restart')) posts++; };
+    page.on('request', count);
+    await page.click(`[data-app="${APP}"] .app-restart`);
+    await page.click('#dialog-cancel');
+    await sleep(300);
+    page.off('request', count);
+    if (posts) throw new Error(`${posts} restart requests after Cancel`);
+  });
+
+  await step('with no apps, the apps page explains [[app]] instead of an empty list', async () => {
+    // The browser answers GET /api/apps itself with an empty list, as a config without [[app]] would.
+    await page.route(u => u.pathname === '/api/apps', route => route.fulfill({ status: 200, contentType: 'application/json', body: '[]' }));
+    await page.click('#nav-dashboard');
+    await page.waitForSelector('#view[data-view="dashboard"]');
+    await page.click('#nav-apps');
+    await loaded(page, 'apps');
+    await page.waitForSelector('#apps-empty');
+    const got = await text(page, '#apps-empty');
+    if (!got.includes('No apps configured') || !got.includes('[[app]]')) throw new Error(`empty state: ${JSON.stringify(got)}`);
+    if (await page.$('[data-app]')) throw new Error('an app card is shown');
+    await page.$$eval('#messages .toast', ts => ts.forEach(t => t.remove())); // earlier steps' error toasts
+    await shot(page, 'apps-empty');
     await page.unrouteAll();
     await page.click('#signout');
     await page.waitForSelector('#signin-form', { state: 'visible' });
@@ -502,6 +679,18 @@ async function phone(browser, urls) {
     const wide2 = await page.evaluate(() => document.documentElement.scrollWidth);
     check(wide2 <= 390, 'phone users page does not scroll sideways', `scrollWidth ${wide2}`);
     await shot(page, 'phone-users');
+  });
+
+  await step(`phone viewport: apps page (through the menu) shows ${APP} without sideways scrolling`, async () => {
+    await page.click('#menu-toggle');
+    await page.click('#nav-apps');
+    await loaded(page, 'apps');
+    await appRunning(page, 2);
+    await page.waitForSelector(`[data-app="${APP}"] .app-log .line`);
+    const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+    check(wide <= 390, 'phone apps page does not scroll sideways', `scrollWidth ${wide}`);
+    if (!await page.isVisible(`[data-app="${APP}"] .app-restart`)) throw new Error('no visible Rolling restart button');
+    await shot(page, 'phone-apps');
   });
 }
 

@@ -246,6 +246,7 @@ const loadError = (what, e) => `Could not load ${what}: ${(e && e.message) || St
 
 const routes = {
   dashboard: ['Dashboard', viewDashboard],
+  apps: ['Apps', viewApps],
   users: ['Users', viewUsers],
   groups: ['Groups', viewGroups],
   tokens: ['Tokens', viewTokens],
@@ -611,6 +612,195 @@ function viewDashboard(view) {
     scheme.removeEventListener('change', redraw);
     Object.values(charts).forEach(c => c.destroy());
   };
+}
+
+/* ============================================================== apps */
+
+const APP_STATUS = { running: 'good', starting: 'warn', failed: 'bad', stopped: '' };
+const APP_LOG_LINES = 200;
+const idPart = s => String(s).replace(/[^\w-]/g, '_');
+
+function viewApps(view) {
+  const state = h('span', { id: 'apps-state', class: 'live' }, 'connecting…');
+  const box = h('div', { id: 'apps-list', class: 'apps' }, h('p', { class: 'muted' }, 'Loading…'));
+  view.append(pageHead('Apps', state), box);
+
+  const cards = new Map(); // name → card (see appCard)
+  let order = '', timer = null, stopped = false, failing = false, loadedOnce = false;
+
+  /** The card of one app: built once, then updated in place so logs and restart progress survive polling. */
+  function appCard(name) {
+    const key = idPart(name);
+    const badge = h('span', { class: 'badge app-status' });
+    const message = h('p', { class: 'app-message', hidden: true });
+    const summary = h('span', { class: 'muted small app-summary' });
+    const restart = btn('Rolling restart', () => onRestart(), 'primary app-restart',
+      { 'aria-label': `Rolling restart of ${name}` });
+    const result = h('div', { class: 'app-result', role: 'status', id: `app-${key}-result` });
+    const t = table(`app-${key}-instances`, ['ID', 'PID', 'Address', 'Ready', 'Started', 'Restarts']);
+    t.wrap.classList.add('app-instances');
+    const out = h('div', { class: 'log mono app-log', id: `app-${key}-logs`, role: 'log', 'aria-live': 'off',
+      tabindex: '0', 'aria-label': `Output of ${name}` }, h('div', { class: 'muted' }, 'Loading…'));
+    const logState = h('span', { class: 'muted small' }, `last ${APP_LOG_LINES} lines, refreshed every 2 s`);
+    const el = h('section', { class: 'card app', 'data-app': name, 'aria-labelledby': `app-${key}-title` },
+      h('div', { class: 'card-head' },
+        h('div', { class: 'app-title' }, h('h2', { id: `app-${key}-title` }, name), badge, summary),
+        restart),
+      message, result,
+      h('h3', {}, 'Instances'), t.wrap,
+      h('div', { class: 'app-logs-head' },
+        h('div', {}, h('h3', {}, 'Logs'), ' ', logState),
+        btn('Refresh', () => loadLogs(true), 'small app-logs-refresh', { 'aria-label': `Refresh the logs of ${name}` })),
+      out);
+    let app = { name, instances: [] }, restarting = false, lastLog = null;
+
+    function update(a) {
+      app = a;
+      const status = a.status || 'stopped';
+      badge.className = `badge app-status ${APP_STATUS[status] ?? ''}`;
+      badge.textContent = status;
+      message.hidden = !a.message;
+      message.className = `app-message ${status === 'failed' ? 'bad' : 'muted'}`;
+      message.textContent = a.message || '';
+      const inst = a.instances || [];
+      const ready = inst.filter(i => i.ready).length;
+      summary.textContent = `${ready} of ${inst.length} instance${inst.length === 1 ? '' : 's'} ready`;
+      restart.disabled = restarting;
+      if (!inst.length) return t.empty(status === 'failed' ? 'No instance is running.' : 'No instances.');
+      t.rows(inst.map(i => [[
+        h('span', { class: 'mono' }, `#${i.id}`),
+        h('span', { class: 'mono' }, i.pid == null ? '—' : String(i.pid)),
+        h('span', { class: 'mono' }, i.address || '—'),
+        h('span', { class: `badge ${i.ready ? 'good' : 'warn'}` }, i.ready ? 'ready' : 'not ready'),
+        timeEl(i.started, true),
+        fmtInt(i.restarts),
+      ], { 'data-instance': String(i.id), 'data-pid': i.pid == null ? '' : String(i.pid) }]));
+    }
+
+    function showLines(lines) {
+      const text = lines.join('\n');
+      if (text === lastLog) return;
+      const atEnd = lastLog == null || out.scrollHeight - out.scrollTop - out.clientHeight < 24;
+      lastLog = text;
+      if (!lines.length) out.replaceChildren(h('div', { class: 'muted' }, 'No output yet.'));
+      else out.replaceChildren(...lines.map(l => {
+        const m = /^(\S+) (stdout|stderr): (.*)$/s.exec(l);
+        return m
+          ? h('div', { class: `line ${m[2]}` }, h('span', { class: 'tg' }, `${m[1]} ${m[2]}:`), ' ', h('span', { class: 'm' }, m[3]))
+          : h('div', { class: 'line' }, l);
+      }));
+      if (atEnd) out.scrollTop = out.scrollHeight;
+    }
+
+    async function loadLogs(byHand = false) {
+      try {
+        const lines = (await api('GET', `/api/apps/${enc(name)}/logs?lines=${APP_LOG_LINES}`)) || [];
+        if (stopped) return;
+        showLines(lines);
+        logState.textContent = `last ${APP_LOG_LINES} lines, refreshed every 2 s`;
+      } catch (e) {
+        if (stopped || e.handled) return;
+        if (lastLog == null) out.replaceChildren(h('div', { class: 'muted' }, loadError('the logs', e)));
+        logState.textContent = `not updating: ${e.message}`;
+        if (byHand) fail(e);
+      }
+    }
+
+    async function onRestart() {
+      const n = (app.instances || []).length;
+      const ok = await openDialog({
+        title: `Rolling restart of ${name}?`, ok: 'Restart',
+        body: [h('p', {}, `servente starts new instances one by one and stops an old one each time a new one is ready, ` +
+          `so ${name} keeps serving. ${n ? `${n} instance${n === 1 ? '' : 's'} to replace; this` : 'This'} can take a few seconds.`)],
+      });
+      if (!ok || restarting || stopped) return;
+      restarting = true;
+      restart.disabled = true;
+      el.setAttribute('aria-busy', 'true');
+      const began = Date.now();
+      const elapsed = h('span', { class: 'elapsed' }, '0 s');
+      result.replaceChildren(h('div', { class: 'banner info app-progress' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }),
+        h('span', {}, 'Rolling restart in progress: starting new instances and waiting until they are ready… '), elapsed));
+      const tick = setInterval(() => { elapsed.textContent = `${Math.round((Date.now() - began) / 1000)} s`; }, 1000);
+      const took = () => `${((Date.now() - began) / 1000).toFixed(1)} s`;
+      try {
+        const a = await api('POST', `/api/apps/${enc(name)}/restart`);
+        if (a) update(a);
+        const ids = ((a && a.instances) || []).map(i => `#${i.id}`).join(', ');
+        const msg = `Rolling restart of ${name} done in ${took()}${ids ? `: now running ${ids}` : ''}.`;
+        result.replaceChildren(h('div', { class: 'banner ok app-done' }, h('strong', {}, msg)));
+        if (stopped) notify(msg, 'ok');
+        loadLogs();
+      } catch (e) {
+        if (e.handled) return;
+        result.replaceChildren(h('div', { class: 'banner bad app-failed' },
+          h('strong', {}, `Rolling restart of ${name} failed after ${took()}: `), e.message));
+        if (stopped) fail(e);
+      } finally {
+        clearInterval(tick);
+        restarting = false;
+        restart.disabled = false;
+        el.removeAttribute('aria-busy');
+      }
+    }
+
+    return { el, update, loadLogs };
+  }
+
+  function emptyState() {
+    return h('section', { class: 'card empty-state', id: 'apps-empty' },
+      h('h2', {}, 'No apps configured'),
+      h('p', {}, 'Apps are programs servente starts, keeps running and forwards requests to: it tells each instance ' +
+        'where to listen (a free port in PORT), sends it traffic once it answers, restarts it when it crashes and ' +
+        'replaces instances one by one on a rolling restart.'),
+      h('p', {}, 'To add one, put an ', h('code', {}, '[[app]]'), ' section in the config, and send a site\u2019s paths to it with ',
+        h('code', {}, '[[site.proxy]]'), ':'),
+      h('pre', { class: 'mono example' }, [
+        '[[app]]', 'name = "hello"', 'command = "python3"', 'args = ["app.py"]', 'instances = 2', '',
+        '[[site.proxy]]  # belongs to the [[site]] above it', 'path = "/app/"', 'upstream = "hello"'].join('\n')),
+      h('p', { class: 'muted small' }, 'Edit the config on the ', h('a', { href: '#/config' }, 'Config'),
+        ' page; apps start as soon as it is applied.'));
+  }
+
+  function render(apps) {
+    const names = apps.map(a => a.name);
+    for (const [name, c] of cards) if (!names.includes(name)) { c.el.remove(); cards.delete(name); }
+    if (!apps.length) {
+      if (!$('#apps-empty', box)) box.replaceChildren(emptyState());
+      order = '';
+      return;
+    }
+    for (const a of apps) if (!cards.has(a.name)) cards.set(a.name, appCard(a.name));
+    if (names.join('\n') !== order) {
+      order = names.join('\n');
+      box.replaceChildren(...names.map(n => cards.get(n).el));
+    }
+    for (const a of apps) cards.get(a.name).update(a);
+  }
+
+  async function tick() {
+    const started = Date.now();
+    try {
+      const apps = (await api('GET', '/api/apps')) || [];
+      if (stopped) return;
+      render(apps);
+      loadedOnce = true;
+      state.textContent = 'live, every 2 s';
+      state.classList.remove('stale');
+      failing = false;
+      await Promise.all([...cards.values()].map(c => c.loadLogs()));
+    } catch (e) {
+      if (stopped || e.handled) return;
+      if (!loadedOnce) box.replaceChildren(h('p', { class: 'muted' }, loadError('the apps', e)));
+      state.textContent = `not updating: ${e.message}`;
+      state.classList.add('stale');
+      if (!failing) fail(e);
+      failing = true;
+    }
+    if (!stopped) timer = setTimeout(tick, Math.max(100, 2000 - (Date.now() - started)));
+  }
+  tick();
+  return () => { stopped = true; clearTimeout(timer); };
 }
 
 /* ============================================================== users */
