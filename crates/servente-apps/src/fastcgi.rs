@@ -321,13 +321,18 @@ impl FastCgiRoute {
         write_stream(&mut out, PARAMS, &params);
         write_record(&mut out, PARAMS, &[]);
         stream.write_all(&out).await.map_err(|e| e.to_string())?;
-        // The request body, streamed as STDIN records.
+        // The request body, streamed as STDIN records, up to `limits.max_body_bytes`.
         let mut body = req.into_body();
+        let mut left = cx.max_body;
         while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
             let frame = frame.map_err(|e| format!("the client's body broke off: {e}"))?;
             if let Some(data) = frame.data_ref()
                 && !data.is_empty()
             {
+                if data.len() as u64 > left {
+                    return Ok(too_large());
+                }
+                left -= data.len() as u64;
                 out.clear();
                 write_stream(&mut out, STDIN, data);
                 stream.write_all(&out).await.map_err(|e| e.to_string())?;
@@ -359,6 +364,12 @@ impl FastCgiRoute {
         }
         Ok(r)
     }
+}
+
+fn too_large() -> Response<Body> {
+    let mut r = simple_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 struct RecordReader {

@@ -19,8 +19,9 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use servente_config::UpstreamProtocol;
 
-/// The body servente sends upstream: the client's body, streamed, or nothing.
-pub type UpBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// The body servente sends upstream: the client's body, streamed (and capped), or nothing.
+pub type UpBody = UnsyncBoxBody<Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where an upstream server listens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -33,6 +33,62 @@ pub fn empty_body() -> UpBody {
     http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// The client's body on its way upstream, stopped with an error past `limit` bytes (bodies
+/// without a Content-Length are only bounded here); `tripped` tells the proxy to answer 413.
+pub struct CappedBody {
+    inner: Incoming,
+    left: u64,
+    tripped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CappedBody {
+    pub fn new(inner: Incoming, limit: u64, tripped: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        CappedBody { inner, left: limit, tripped }
+    }
+}
+
+#[derive(Debug)]
+pub struct TooLarge;
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body is larger than limits.max_body_bytes")
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+impl http_body::Body for CappedBody {
+    type Data = Bytes;
+    type Error = pool::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, pool::BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if n > this.left {
+                    this.tripped.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                }
+                this.left -= n;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -206,7 +262,8 @@ impl ProxyRoute {
         }
         self.forwarding_headers(&mut parts.headers, cx);
         let path = self.upstream_path(&parts.uri);
-        let mut body = Some(body);
+        let too_large = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut body = Some(CappedBody::new(body, cx.max_body, too_large.clone()));
         let settings = &self.upstream.settings;
         let attempts = if retryable { 1 + settings.retries } else { 1 };
         let mut tried: Vec<u64> = Vec::new();
@@ -260,6 +317,11 @@ impl ProxyRoute {
                         tracing::warn!(upstream = %self.upstream.name, server = %server.address, "no response within {:?}", settings.response_timeout.0);
                         self.upstream.report(&server, false);
                         return bad_gateway(StatusCode::GATEWAY_TIMEOUT, "gateway timeout: the upstream server did not answer in time\n");
+                    }
+                    Err(SendError::Failed(_)) if too_large.load(std::sync::atomic::Ordering::Relaxed) => {
+                        let mut r = simple_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        return r;
                     }
                     Err(SendError::Failed(e)) => {
                         if reused && fresh_tries > 1 {

@@ -163,7 +163,7 @@ impl Section for Limits {
             max_body_bytes: t.field(
                 "max_body_bytes",
                 ByteSize(10 << 20),
-                "Largest request body accepted: a request declaring a larger Content-Length gets 413 before any role sees it. Chunked bodies are bounded by the role that reads them (static sites read none).",
+                "Largest request body accepted: a request declaring a larger Content-Length gets 413 before any role sees it; a body without one (chunked, HTTP/2) is cut off at this size by the role reading it (proxy and FastCGI answer 413; static sites read none).",
             ),
         };
         if l.max_header_bytes.0 < 8192 {

@@ -95,6 +95,9 @@ pub struct RequestCx {
     pub user: Option<String>,
     /// When the request head was handed over: a clock reading roles can reuse.
     pub started: Instant,
+    /// `limits.max_body_bytes`. The engine refuses a larger declared Content-Length; a role
+    /// that reads a body without one (chunked, HTTP/2) must stop at this many bytes itself.
+    pub max_body: u64,
 }
 
 /// What an HTTP role implements. One value serves every request of a config generation; on
@@ -133,6 +136,7 @@ pub(crate) async fn serve_request<R: Router>(
     conn.state.request_started();
     let log = engine.access_log.load();
     let log_fields = log.enabled().then(|| LogFields::from_request(&req));
+    let max_body = engine.max_body_bytes.load(std::sync::atomic::Ordering::Relaxed);
     let mut cx = RequestCx {
         listener: conn.listener.clone(),
         listener_index: conn.listener_index,
@@ -142,8 +146,8 @@ pub(crate) async fn serve_request<R: Router>(
         site: None,
         user: None,
         started,
+        max_body,
     };
-    let max_body = engine.max_body_bytes.load(std::sync::atomic::Ordering::Relaxed);
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let response = if declared.is_some_and(|n| n > max_body) {
         simple_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
