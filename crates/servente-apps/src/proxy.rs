@@ -436,6 +436,16 @@ struct PooledBody {
     max_idle: usize,
 }
 
+impl PooledBody {
+    /// The body was read to its end: the connection can carry the next request.
+    fn release(&mut self) {
+        if let (Some(s), Some(f)) = (self.sender.take(), self.flight.take()) {
+            pool::put(f.server().id, s, self.max_idle);
+        }
+        self.flight = None;
+    }
+}
+
 impl http_body::Body for PooledBody {
     type Data = Bytes;
     type Error = io::Error;
@@ -444,10 +454,7 @@ impl http_body::Body for PooledBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
-                if let (Some(s), Some(f)) = (this.sender.take(), this.flight.take()) {
-                    pool::put(f.server().id, s, this.max_idle);
-                }
-                this.flight = None;
+                this.release();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
@@ -455,7 +462,15 @@ impl http_body::Body for PooledBody {
                 this.flight = None;
                 Poll::Ready(Some(Err(io::Error::other(format!("the upstream response broke off: {e}")))))
             }
-            other => other.map(|o| o.map(|r| r.map_err(io::Error::other))),
+            Poll::Ready(Some(Ok(frame))) => {
+                // hyper stops polling a body whose length is known once it has it all, so the
+                // end is noticed here, not by a final `None`.
+                if this.inner.is_end_stream() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -465,6 +480,14 @@ impl http_body::Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            self.release();
+        }
     }
 }
 
