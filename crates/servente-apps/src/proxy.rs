@@ -102,6 +102,12 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if !h.contains_key(header::CONNECTION) {
+        for n in HOP_BY_HOP.iter().skip(1) {
+            h.remove(n);
+        }
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -263,7 +269,7 @@ impl ProxyRoute {
         self.forwarding_headers(&mut parts.headers, cx);
         let path = self.upstream_path(&parts.uri);
         let too_large = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut body = Some(CappedBody::new(body, cx.max_body, too_large.clone()));
+        let mut body = has_body.then(|| CappedBody::new(body, cx.max_body, too_large.clone()));
         let settings = &self.upstream.settings;
         let attempts = if retryable { 1 + settings.retries } else { 1 };
         let mut tried: Vec<u64> = Vec::new();
@@ -282,7 +288,13 @@ impl ProxyRoute {
                     None => match pool::connect(&server.address, settings.protocol, settings.connect_timeout.0).await {
                         Ok(s) => s,
                         Err(e) => {
-                            tracing::warn!(upstream = %self.upstream.name, server = %server.address, "cannot connect: {e}");
+                            // Once a server is out, every request that still tries it would
+                            // repeat the same line: only the first failures are warnings.
+                            if server.is_down() {
+                                tracing::debug!(upstream = %self.upstream.name, server = %server.address, "cannot connect: {e}");
+                            } else {
+                                tracing::warn!(upstream = %self.upstream.name, server = %server.address, "cannot connect: {e}");
+                            }
                             self.upstream.report(&server, false);
                             break;
                         }
@@ -301,7 +313,8 @@ impl ProxyRoute {
                 let mut up = Request::new(req_body);
                 *up.method_mut() = parts.method.clone();
                 *up.uri_mut() = uri;
-                *up.headers_mut() = parts.headers.clone();
+                // Only a request that may be tried again needs its headers kept.
+                *up.headers_mut() = if retryable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
                 if matches!(sender, Sender::H2(_)) {
                     // HTTP/2 carries the host in :authority; a Host header would be a duplicate.
                     up.headers_mut().remove(header::HOST);
@@ -328,7 +341,11 @@ impl ProxyRoute {
                             fresh_tries -= 1;
                             continue;
                         }
-                        tracing::warn!(upstream = %self.upstream.name, server = %server.address, "request failed: {e}");
+                        if server.is_down() {
+                            tracing::debug!(upstream = %self.upstream.name, server = %server.address, "request failed: {e}");
+                        } else {
+                            tracing::warn!(upstream = %self.upstream.name, server = %server.address, "request failed: {e}");
+                        }
                         self.upstream.report(&server, false);
                         if !retryable {
                             return bad_gateway(StatusCode::BAD_GATEWAY, "bad gateway: the upstream server failed to answer\n");

@@ -66,6 +66,11 @@ impl Server {
         self.healthy.load(Relaxed)
     }
 
+    /// Left out after failing (its failures are then old news: log them quietly).
+    pub fn is_down(&self) -> bool {
+        self.passively_down(millis())
+    }
+
     fn passively_down(&self, now: u64) -> bool {
         self.down_until.load(Relaxed) > now
     }
@@ -138,11 +143,12 @@ impl Upstream {
                     (0..n).map(|i| list[(start + i) % n]).min_by_key(|s| s.in_flight()).cloned()
                 }
                 _ => {
-                    let list: Vec<&Arc<Server>> = candidates(allow_down).collect();
-                    if list.is_empty() {
+                    // Two passes over the (short) list instead of collecting it: no allocation.
+                    let n = candidates(allow_down).count();
+                    if n == 0 {
                         return None;
                     }
-                    Some(list[self.next.fetch_add(1, Relaxed) % list.len()].clone())
+                    candidates(allow_down).nth(self.next.fetch_add(1, Relaxed) % n).cloned()
                 }
             }
         };
