@@ -9,6 +9,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
@@ -156,10 +157,20 @@ pub struct FastCgiRoute {
     extension: String,
     front_controller: Option<String>,
     params: Vec<(String, String)>,
+    max_idle: usize,
+    pool_key: String,
+    /// Recent answers of `script_for` by URL path: a busy front controller would otherwise
+    /// cost a trip to the blocking pool and a few file system calls per request.
+    cache: dashmap::DashMap<String, (Option<Script>, Instant)>,
 }
 
+/// How long a cached script resolution is trusted (a new or removed file is seen after this).
+const SCRIPT_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Most paths remembered; past it the cache starts over (hostile URLs cannot grow it).
+const SCRIPT_CACHE_MAX: usize = 10_000;
+
 /// What a request path means under the route.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Script {
     /// URL path of the script (`SCRIPT_NAME`).
     pub name: String,
@@ -176,7 +187,29 @@ impl FastCgiRoute {
             extension: c.extension.clone(),
             front_controller: c.front_controller.clone(),
             params: c.params.clone(),
+            max_idle: c.max_idle,
+            pool_key: c.address.clone(),
+            cache: dashmap::DashMap::new(),
         })
+    }
+
+    /// [`FastCgiRoute::script_for`] through a short-lived cache: `Ok` with the answer when it
+    /// is known, `Err(())` when the disk must be asked (on the blocking pool).
+    pub fn cached_script(&self, url_path: &str) -> Result<Option<Script>, ()> {
+        match self.cache.get(url_path) {
+            Some(e) if e.1.elapsed() < SCRIPT_CACHE_TTL => Ok(e.0.clone()),
+            _ => Err(()),
+        }
+    }
+
+    /// Asks the disk and remembers the answer. Blocks.
+    pub fn resolve_and_cache(&self, url_path: &str) -> Option<Script> {
+        let script = self.script_for(url_path);
+        if self.cache.len() >= SCRIPT_CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(url_path.to_string(), (script.clone(), Instant::now()));
+        script
     }
 
     /// The script for a normalized URL path, if the request goes to FastCGI: a script named in
@@ -311,16 +344,31 @@ impl FastCgiRoute {
 
     async fn exchange(&self, req: Request<Incoming>, script: &Script, cx: &RequestCx) -> Result<Response<Body>, String> {
         let params = self.params(&req, script, cx);
-        let mut stream = connect(&self.address).await.map_err(|e| format!("cannot connect to {}: {e}", self.address))?;
         let mut out = BytesMut::with_capacity(params.len() + 64);
         let mut begin = [0u8; 8];
         begin[..2].copy_from_slice(&RESPONDER.to_be_bytes());
-        // Flags 0 (no FCGI_KEEP_CONN): the application closes the connection when done, one
-        // connection per request, as php-fpm is usually run behind nginx.
+        // With `max_idle`, FCGI_KEEP_CONN: the connection stays open for the next request (and
+        // keeps its php-fpm child); without, the application closes it when done.
+        begin[2] = u8::from(self.max_idle > 0);
         write_record(&mut out, BEGIN_REQUEST, &begin);
         write_stream(&mut out, PARAMS, &params);
         write_record(&mut out, PARAMS, &[]);
-        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        // A kept connection may have been closed by the application meanwhile: if writing the
+        // head on it fails, a fresh connection takes the request (nothing of it was processed).
+        let mut reused = take_idle(&self.pool_key);
+        if let Some(s) = reused.as_mut()
+            && s.write_all(&out).await.is_err()
+        {
+            reused = None;
+        }
+        let mut stream = match reused {
+            Some(s) => s,
+            None => {
+                let mut s = connect(&self.address).await.map_err(|e| format!("cannot connect to {}: {e}", self.address))?;
+                s.write_all(&out).await.map_err(|e| e.to_string())?;
+                s
+            }
+        };
         // The request body, streamed as STDIN records, up to `limits.max_body_bytes`.
         let mut body = req.into_body();
         let mut left = cx.max_body;
@@ -342,7 +390,8 @@ impl FastCgiRoute {
         write_record(&mut out, STDIN, &[]);
         stream.write_all(&out).await.map_err(|e| e.to_string())?;
         // The response head.
-        let mut reader = RecordReader { stream, buf: BytesMut::with_capacity(16 * 1024), done: false };
+        let keep = (self.max_idle > 0).then(|| (self.pool_key.clone(), self.max_idle));
+        let mut reader = RecordReader { stream: Some(stream), buf: BytesMut::with_capacity(16 * 1024), done: false, keep };
         let mut head = BytesMut::new();
         let (status, headers, rest) = loop {
             match reader.next_stdout().await? {
@@ -373,9 +422,31 @@ fn too_large() -> Response<Body> {
 }
 
 struct RecordReader {
-    stream: Box<dyn Stream>,
+    stream: Option<Box<dyn Stream>>,
     buf: BytesMut,
     done: bool,
+    /// Pool key and size: where the connection goes once the response is complete.
+    keep: Option<(String, usize)>,
+}
+
+thread_local! {
+    /// Idle kept-alive FastCGI connections of this worker thread, by address.
+    static IDLE: std::cell::RefCell<std::collections::HashMap<String, Vec<Box<dyn Stream>>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn take_idle(key: &str) -> Option<Box<dyn Stream>> {
+    IDLE.with(|p| p.borrow_mut().get_mut(key)?.pop())
+}
+
+fn put_idle(key: &str, stream: Box<dyn Stream>, max: usize) {
+    IDLE.with(|p| {
+        let mut p = p.borrow_mut();
+        let list = p.entry(key.to_string()).or_default();
+        if list.len() < max {
+            list.push(stream);
+        }
+    });
 }
 
 impl RecordReader {
@@ -394,6 +465,11 @@ impl RecordReader {
                 }
                 Some(Record { kind: END_REQUEST, .. }) => {
                     self.done = true;
+                    if let (Some((key, max)), Some(stream)) = (&self.keep, self.stream.take())
+                        && self.buf.is_empty()
+                    {
+                        put_idle(key, stream, *max);
+                    }
                     return Ok(None);
                 }
                 Some(_) => {}
@@ -401,7 +477,8 @@ impl RecordReader {
                     if self.buf.capacity() - self.buf.len() < 8192 {
                         self.buf.reserve(16 * 1024);
                     }
-                    let n = self.stream.read_buf(&mut self.buf).await.map_err(|e| e.to_string())?;
+                    let Some(stream) = self.stream.as_mut() else { return Err("the connection is gone".into()) };
+                    let n = stream.read_buf(&mut self.buf).await.map_err(|e| e.to_string())?;
                     if n == 0 {
                         return Err("the FastCGI application closed the connection mid-response".into());
                     }

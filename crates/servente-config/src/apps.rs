@@ -302,6 +302,7 @@ pub struct FastCgi {
     pub extension: String,
     pub front_controller: Option<String>,
     pub params: Vec<(String, String)>,
+    pub max_idle: usize,
     pub line: usize,
     pub key: String,
 }
@@ -321,6 +322,11 @@ impl Section for FastCgi {
                 "Script that answers paths matching no file or folder, as `try_files $uri $uri/ /index.php` does (`/index.php`).",
             ),
             params: t.map("params", "Extra FastCGI parameters, e.g. `{ APP_ENV = \"prod\" }`."),
+            max_idle: t.field(
+                "max_idle",
+                0,
+                "Connections kept open for reuse per worker thread (FCGI_KEEP_CONN, as nginx's `fastcgi_keep_conn`). Each one holds a php-fpm child while idle: keep it at most `pm.max_children` divided by the worker threads. 0: a connection per request.",
+            ),
             line: t.line(),
             key: t.prefix().to_string(),
         };

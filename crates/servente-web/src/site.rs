@@ -138,9 +138,14 @@ impl Site {
     /// names a script (or falls to the front controller). Checks the disk on the blocking pool.
     pub async fn fastcgi_script(&self, raw_path: &str) -> Option<(Arc<FastCgiRoute>, Script)> {
         let route = self.fastcgi.clone()?;
-        let url = path::clean(raw_path, self.hide_dotfiles).ok()?.url_path.into_owned();
-        let r = route.clone();
-        let script = tokio::task::spawn_blocking(move || r.script_for(&url)).await.ok().flatten()?;
+        let url = path::clean(raw_path, self.hide_dotfiles).ok()?.url_path;
+        let script = match route.cached_script(&url) {
+            Ok(s) => s?,
+            Err(()) => {
+                let (r, url) = (route.clone(), url.into_owned());
+                tokio::task::spawn_blocking(move || r.resolve_and_cache(&url)).await.ok().flatten()?
+            }
+        };
         Some((route, script))
     }
 
