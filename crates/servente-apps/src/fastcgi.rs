@@ -193,12 +193,12 @@ impl FastCgiRoute {
         })
     }
 
-    /// [`FastCgiRoute::script_for`] through a short-lived cache: `Ok` with the answer when it
-    /// is known, `Err(())` when the disk must be asked (on the blocking pool).
-    pub fn cached_script(&self, url_path: &str) -> Result<Option<Script>, ()> {
+    /// [`FastCgiRoute::script_for`] through a short-lived cache: `Some` with the answer when
+    /// it is known, `None` when the disk must be asked (on the blocking pool).
+    pub fn cached_script(&self, url_path: &str) -> Option<Option<Script>> {
         match self.cache.get(url_path) {
-            Some(e) if e.1.elapsed() < SCRIPT_CACHE_TTL => Ok(e.0.clone()),
-            _ => Err(()),
+            Some(e) if e.1.elapsed() < SCRIPT_CACHE_TTL => Some(e.0.clone()),
+            _ => None,
         }
     }
 

@@ -140,8 +140,8 @@ impl Site {
         let route = self.fastcgi.clone()?;
         let url = path::clean(raw_path, self.hide_dotfiles).ok()?.url_path;
         let script = match route.cached_script(&url) {
-            Ok(s) => s?,
-            Err(()) => {
+            Some(known) => known?,
+            None => {
                 let (r, url) = (route.clone(), url.into_owned());
                 tokio::task::spawn_blocking(move || r.resolve_and_cache(&url)).await.ok().flatten()?
             }

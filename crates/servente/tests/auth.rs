@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{BIN, Fixture, Resp, Server, WAIT, curl, wait_until};
+use common::{BIN, Fixture, Resp, Server, WAIT, curl, run_servente_with_input, wait_until};
 use serde_json::{Value, json};
 
 /// The first administrator's password, given to the server on first run.
@@ -83,41 +83,11 @@ struct Out {
 /// Runs `servente ARGS --data-dir DATA` with `stdin` (if any) as standard input, bounded by
 /// [`WAIT`].
 fn cli(data: &Path, args: &[&str], stdin: Option<&str>) -> Out {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn servente");
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin pipe");
-        let _ = pipe.write_all(text.as_bytes());
-        // Dropping the pipe closes it: the command sees the end of its input.
-    }
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(WAIT) {
-        Ok(out) => {
-            let out = out.expect("servente output");
-            Out {
-                code: out.status.code().unwrap_or(-1),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            }
-        }
-        Err(_) => {
-            let _ = Command::new("kill").arg("-s").arg("KILL").arg(pid.to_string()).status();
-            panic!("servente {args:?} did not finish within {WAIT:?}");
-        }
-    }
+    let mut full: Vec<std::ffi::OsString> = args.iter().map(|a| a.into()).collect();
+    full.push("--data-dir".into());
+    full.push(data.into());
+    let (code, stdout, stderr) = run_servente_with_input(&full, stdin);
+    Out { code, stdout, stderr }
 }
 
 /// Runs a command that must succeed; returns its standard output.

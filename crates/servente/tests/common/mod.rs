@@ -561,8 +561,25 @@ pub fn self_signed(host: &str, out_dir: &Path) {
 /// Runs the servente binary with `args` (a command that ends on its own, such as `check` or
 /// `--help`), bounded by [`WAIT`]; returns (exit code, stdout, stderr).
 pub fn run_servente(args: &[&str]) -> (i32, String, String) {
-    let child =
-        Command::new(BIN).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run servente");
+    run_servente_with_input(args, None)
+}
+
+/// Like [`run_servente`], with `stdin` (if any) as the command's standard input.
+pub fn run_servente_with_input<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], stdin: Option<&str>) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run servente");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        let _ = pipe.write_all(text.as_bytes());
+        // Dropping the pipe closes it: the command sees the end of its input.
+    }
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
