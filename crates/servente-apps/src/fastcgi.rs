@@ -361,6 +361,15 @@ impl FastCgiRoute {
         {
             reused = None;
         }
+        // The close may also show only when reading: a request without a body can then be
+        // sent again on a fresh connection, since the application never started it.
+        let bodiless = !req.headers().contains_key(header::TRANSFER_ENCODING)
+            && req.headers().get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
+        let mut replay = (reused.is_some() && bodiless).then(|| {
+            let mut again = out.clone();
+            write_record(&mut again, STDIN, &[]);
+            again.freeze()
+        });
         let mut stream = match reused {
             Some(s) => s,
             None => {
@@ -394,9 +403,20 @@ impl FastCgiRoute {
         let mut reader = RecordReader { stream: Some(stream), buf: BytesMut::with_capacity(16 * 1024), done: false, keep };
         let mut head = BytesMut::new();
         let (status, headers, rest) = loop {
-            match reader.next_stdout().await? {
-                Some(chunk) => head.extend_from_slice(&chunk),
-                None => return Err("the script ended without a response".into()),
+            match reader.next_stdout().await {
+                Ok(Some(chunk)) => head.extend_from_slice(&chunk),
+                Ok(None) => return Err("the script ended without a response".into()),
+                Err(e) => match replay.take() {
+                    Some(request) if head.is_empty() => {
+                        tracing::debug!(fastcgi = %self.address, "kept connection was closed ({e}); sending the request again on a new one");
+                        let mut s = connect(&self.address).await.map_err(|e| format!("cannot connect to {}: {e}", self.address))?;
+                        s.write_all(&request).await.map_err(|e| e.to_string())?;
+                        reader.stream = Some(s);
+                        reader.buf.clear();
+                        continue;
+                    }
+                    _ => return Err(e),
+                },
             }
             if let Some((status, headers, used)) = parse_cgi_head(&head)? {
                 break (status, headers, head.split_off(used).freeze());

@@ -204,3 +204,26 @@ fn php_fpm_down_is_a_clean_502() {
     // Static files still work.
     assert_eq!(curl(&[&format!("{}/style.css", server.url("web"))]).status, 200);
 }
+
+#[test]
+fn kept_connections_survive_a_php_fpm_restart() {
+    let (fx, fpm) = fixture_with_fpm();
+    let dir = fx.path();
+    let config = web_config(&format!(
+        "[site.fastcgi]\naddress = \"unix:{}\"\nfront_controller = \"/index.php\"\nmax_idle = 2\n",
+        fpm.socket.display()
+    ));
+    let server = fx.start(&config);
+    let url = format!("{}/kept", server.url("web"));
+    for _ in 0..4 {
+        assert_eq!(curl(&[&url]).status, 200);
+    }
+    // php-fpm restarts: the connections servente kept are closed under it.
+    drop(fpm);
+    let _ = std::fs::remove_file(dir.join("fpm.sock"));
+    let _fpm = start_fpm(&dir);
+    for i in 0..4 {
+        let r = curl(&[&url]);
+        assert_eq!(r.status, 200, "request {i} after the restart: {}", r.text());
+    }
+}
