@@ -308,7 +308,7 @@ async fn route(admin: &Admin, req: Request<Incoming>, cx: &mut RequestCx) -> Api
         },
         (Method::GET, ["apps", name, "logs"]) => match admin.shared.apps.app(name) {
             Some(a) => {
-                let lines = query(&path_and_query(&req), "lines").and_then(|v| v.parse().ok()).unwrap_or(100usize).min(500);
+                let lines = query_param(&req, "lines").and_then(|v| v.parse().ok()).unwrap_or(100usize).min(500);
                 ok(a.logs(lines))
             }
             None => Err(Problem::new(StatusCode::NOT_FOUND, format!("no app named `{name}`"))),
@@ -333,11 +333,11 @@ async fn route(admin: &Admin, req: Request<Incoming>, cx: &mut RequestCx) -> Api
             }
         }
         (Method::GET, ["log"]) => {
-            let after = query(&path_and_query(&req), "after").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let after = query_param(&req, "after").and_then(|v| v.parse().ok()).unwrap_or(0);
             ok(servente_core::logging::recent(after))
         }
         (Method::GET, ["audit"]) => {
-            let limit = query(&path_and_query(&req), "limit").and_then(|v| v.parse::<u32>().ok()).unwrap_or(200).clamp(1, 1000);
+            let limit = query_param(&req, "limit").and_then(|v| v.parse::<u32>().ok()).unwrap_or(200).clamp(1, 1000);
             ok(blocking(move || Ok(dir.store().audit_recent(limit)?)).await?)
         }
         (_, ["users" | "groups" | "tokens" | "status" | "sites" | "config" | "log" | "audit" | "apps", ..]) => {
@@ -359,12 +359,14 @@ fn not_allowed_or_missing(seg: &[&str]) -> Problem {
     }
 }
 
-fn path_and_query<B>(req: &Request<B>) -> String {
-    req.uri().query().unwrap_or("").to_string()
-}
-
+/// The value of `key` in a query string.
 fn query<'a>(q: &'a str, key: &str) -> Option<&'a str> {
     q.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v)
+}
+
+/// The value of `key` in the request's query string.
+fn query_param<'a, B>(req: &'a Request<B>, key: &str) -> Option<&'a str> {
+    query(req.uri().query().unwrap_or(""), key)
 }
 
 async fn control<T>(admin: &Admin, make: impl FnOnce(oneshot::Sender<Result<T, Vec<String>>>) -> ControlRequest) -> Result<T, Problem> {

@@ -9,6 +9,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -158,7 +159,7 @@ pub struct FastCgiRoute {
     front_controller: Option<String>,
     params: Vec<(String, String)>,
     max_idle: usize,
-    pool_key: String,
+    pool_key: Arc<str>,
     /// Recent answers of `script_for` by URL path: a busy front controller would otherwise
     /// cost a trip to the blocking pool and a few file system calls per request.
     cache: dashmap::DashMap<String, (Option<Script>, Instant)>,
@@ -188,7 +189,7 @@ impl FastCgiRoute {
             front_controller: c.front_controller.clone(),
             params: c.params.clone(),
             max_idle: c.max_idle,
-            pool_key: c.address.clone(),
+            pool_key: Arc::from(c.address.as_str()),
             cache: dashmap::DashMap::new(),
         })
     }
@@ -446,7 +447,7 @@ struct RecordReader {
     buf: BytesMut,
     done: bool,
     /// Pool key and size: where the connection goes once the response is complete.
-    keep: Option<(String, usize)>,
+    keep: Option<(Arc<str>, usize)>,
 }
 
 thread_local! {
@@ -462,8 +463,13 @@ fn take_idle(key: &str) -> Option<Box<dyn Stream>> {
 fn put_idle(key: &str, stream: Box<dyn Stream>, max: usize) {
     IDLE.with(|p| {
         let mut p = p.borrow_mut();
-        let list = p.entry(key.to_string()).or_default();
-        if list.len() < max {
+        // The key is allocated once per address and thread, not per request.
+        if !p.contains_key(key) {
+            p.insert(key.to_string(), Vec::new());
+        }
+        if let Some(list) = p.get_mut(key)
+            && list.len() < max
+        {
             list.push(stream);
         }
     });

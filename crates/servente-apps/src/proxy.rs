@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt as _;
@@ -159,21 +160,21 @@ impl ProxyRoute {
         }
     }
 
-    /// The path and query the upstream sees.
-    fn upstream_path(&self, uri: &Uri) -> String {
-        let path = uri.path();
-        let path = match &self.strip_prefix {
-            Some(p) => match path.strip_prefix(p.as_str()) {
-                Some("") => "/",
-                Some(rest) if rest.starts_with('/') => rest,
-                _ => path,
-            },
-            None => path,
+    /// The path and query the upstream sees: the client's own (a cheap clone) unless a prefix
+    /// is stripped. `None` when the stripped target is not a valid one.
+    fn upstream_target(&self, uri: &Uri) -> Option<PathAndQuery> {
+        let original = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let Some(prefix) = &self.strip_prefix else { return Some(original) };
+        let path = match uri.path().strip_prefix(prefix.as_str()) {
+            Some("") => "/",
+            Some(rest) if rest.starts_with('/') => rest,
+            _ => return Some(original),
         };
-        match uri.query() {
+        let target = match uri.query() {
             Some(q) => format!("{path}?{q}"),
             None => path.to_string(),
-        }
+        };
+        target.parse().ok()
     }
 
     /// Sets (or, from trusted proxies, extends) the forwarding headers.
@@ -267,9 +268,12 @@ impl ProxyRoute {
             parts.headers.insert(header::UPGRADE, u);
         }
         self.forwarding_headers(&mut parts.headers, cx);
-        let path = self.upstream_path(&parts.uri);
-        let too_large = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut body = has_body.then(|| CappedBody::new(body, cx.max_body, too_large.clone()));
+        let Some(target) = self.upstream_target(&parts.uri) else {
+            return bad_gateway(StatusCode::BAD_REQUEST, "the request target cannot be forwarded\n");
+        };
+        // Only a request with a body can grow past the limit, and only it needs the flag.
+        let too_large = has_body.then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let mut body = too_large.as_ref().map(|flag| CappedBody::new(body, cx.max_body, flag.clone()));
         let settings = &self.upstream.settings;
         let attempts = if retryable { 1 + settings.retries } else { 1 };
         let mut tried: Vec<u64> = Vec::new();
@@ -301,14 +305,17 @@ impl ProxyRoute {
                     },
                 };
                 let req_body = if retryable { empty_body() } else { body.take().map(|b| b.boxed_unsync()).unwrap_or_else(empty_body) };
-                let uri = match (&sender, &server.address) {
-                    (Sender::H2(_), pool::Address::Tcp(a)) => format!("http://{a}{path}"),
-                    (Sender::H2(_), pool::Address::Name(n)) => format!("http://{n}{path}"),
-                    (Sender::H2(_), pool::Address::Unix(_)) => format!("http://localhost{path}"),
-                    (Sender::H1(_), _) => path.clone(),
+                // HTTP/1.1 takes the origin form as it is; HTTP/2 needs scheme and authority.
+                let absolute = match (&sender, &server.address) {
+                    (Sender::H1(_), _) => None,
+                    (_, pool::Address::Tcp(a)) => Some(format!("http://{a}{target}")),
+                    (_, pool::Address::Name(n)) => Some(format!("http://{n}{target}")),
+                    (_, pool::Address::Unix(_)) => Some(format!("http://localhost{target}")),
                 };
-                let Ok(uri) = uri.parse::<Uri>() else {
-                    return bad_gateway(StatusCode::BAD_REQUEST, "the request target cannot be forwarded\n");
+                let uri = match absolute.map(|a| a.parse::<Uri>()) {
+                    None => Uri::from(target.clone()),
+                    Some(Ok(u)) => u,
+                    Some(Err(_)) => return bad_gateway(StatusCode::BAD_REQUEST, "the request target cannot be forwarded\n"),
                 };
                 let mut up = Request::new(req_body);
                 *up.method_mut() = parts.method.clone();
@@ -331,7 +338,7 @@ impl ProxyRoute {
                         self.upstream.report(&server, false);
                         return bad_gateway(StatusCode::GATEWAY_TIMEOUT, "gateway timeout: the upstream server did not answer in time\n");
                     }
-                    Err(SendError::Failed(_)) if too_large.load(std::sync::atomic::Ordering::Relaxed) => {
+                    Err(SendError::Failed(_)) if too_large.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) => {
                         let mut r = simple_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
                         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                         return r;

@@ -134,12 +134,13 @@ impl WebRole {
         match self.site_for(&req, cx) {
             Some(site) => {
                 cx.site = Some(site.stats.clone());
-                if let Some(acl) = site.access_for(req.uri().path())
+                let (acl, proxy) = site.rules_for(req.uri().path());
+                if let Some(acl) = acl
                     && let Err(refusal) = self.check_access(acl, &req, cx).await
                 {
                     return refusal;
                 }
-                if let Some(route) = site.proxy_for(req.uri().path()) {
+                if let Some(route) = proxy {
                     return route.handle(req, cx).await;
                 }
                 if let Some((route, script)) = site.fastcgi_script(req.uri().path()).await {

@@ -149,23 +149,17 @@ impl Site {
         Some((route, script))
     }
 
-    /// The proxy route for a request path (matched on the normalized path), if any.
-    pub fn proxy_for(&self, raw_path: &str) -> Option<&ProxyRoute> {
-        if self.proxy.is_empty() {
-            return None;
+    /// The access rule and the proxy route for a request path, both matched on the decoded,
+    /// normalized path (so that `%2e` or `//` tricks cannot step around a rule), cleaned once.
+    /// `None` where none matches: the path is public, or not proxied.
+    pub fn rules_for(&self, raw_path: &str) -> (Option<&Acl>, Option<&ProxyRoute>) {
+        if self.access.is_empty() && self.proxy.is_empty() {
+            return (None, None);
         }
-        let clean = path::clean(raw_path, false).ok()?;
-        self.proxy.iter().find(|r| negotiate::glob_match(&r.pattern, &clean.url_path))
-    }
-
-    /// The access rule for a request path, matched on the decoded, normalized path (so that
-    /// `%2e` or `//` tricks cannot step around a rule); `None` when no rule matches (public).
-    pub fn access_for(&self, raw_path: &str) -> Option<&Acl> {
-        if self.access.is_empty() {
-            return None;
-        }
-        let clean = path::clean(raw_path, false).ok()?;
-        self.access.iter().find(|(pattern, _)| negotiate::glob_match(pattern, &clean.url_path)).map(|(_, acl)| acl)
+        let Ok(clean) = path::clean(raw_path, false) else { return (None, None) };
+        let url = &*clean.url_path;
+        let acl = self.access.iter().find(|(pattern, _)| negotiate::glob_match(pattern, url)).map(|(_, acl)| acl);
+        (acl, self.proxy.iter().find(|r| negotiate::glob_match(&r.pattern, url)))
     }
 
     async fn lookup(&self, url_path: &str, relative: &str, trailing_slash: bool, now: Instant) -> Arc<Target> {
