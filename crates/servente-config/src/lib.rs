@@ -7,6 +7,7 @@
 //! nothing of tokio; it only looks at the file system to check that roots and files exist.
 
 pub mod apps;
+pub mod files;
 pub mod reader;
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use apps::{App, AppListen, Balance, FastCgi, Health, ProxyRoute, Upstream, UpstreamProtocol, UpstreamSettings};
+pub use files::{Files, Folder};
 pub use reader::{ByteSize, ConfigError, Seconds};
 use reader::{Reader, Section, TableReader};
 
@@ -49,6 +51,7 @@ pub struct Config {
     pub access_log: AccessLog,
     pub cache: Cache,
     pub auth: Auth,
+    pub files: Files,
     pub listeners: Vec<Listener>,
     pub sites: Vec<Site>,
     pub upstreams: Vec<Upstream>,
@@ -69,6 +72,7 @@ impl Section for Config {
                 "auth",
                 "Signing in: the user directory (in the data folder) is shared by every role; manage it with `servente user|group|token` or the admin console.",
             ),
+            files: t.section("files", "The file role: every user's home folder, group and shared folders, served over WebDAV and the web file manager by sites with `files` set."),
             listeners: t.list("listener", "A socket servente listens on. Several are allowed; each has a role."),
             sites: t.list("site", "A web site, chosen by the request's Host (and TLS SNI): static files, and routes to upstreams, apps and FastCGI."),
             upstreams: t.list("upstream", "A group of HTTP servers that sites' `proxy` routes forward to."),
@@ -452,6 +456,7 @@ pub struct Site {
     pub access: Vec<Access>,
     pub proxy: Vec<ProxyRoute>,
     pub fastcgi: Option<FastCgi>,
+    pub files: String,
     /// Set by validation: the root, resolved against the config's folder.
     pub root_path: PathBuf,
     pub line: usize,
@@ -505,6 +510,11 @@ impl Section for Site {
             ),
             proxy: t.list("proxy", "Paths forwarded to an upstream or app; the first matching route wins, before files."),
             fastcgi: t.optional_section("fastcgi", "Scripts run by a FastCGI server (php-fpm), under the site's root."),
+            files: t.field(
+                "files",
+                String::new(),
+                "Path where this site serves the file role (`/files/`): the web file manager there, WebDAV under `dav/`, share links under `s/`. Empty: none.",
+            ),
             root_path: PathBuf::new(),
             line: t.line(),
             key: t.prefix().to_string(),
@@ -642,19 +652,7 @@ impl Section for Access {
         if !a.path.starts_with('/') {
             t.error("path", "must start with `/`");
         }
-        for s in &a.allow {
-            let name_ok = |n: &str| {
-                !n.is_empty() && n.len() <= 64 && n.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(&c))
-            };
-            let ok = match s.split_once(':') {
-                None => s == "public" || s == "users",
-                Some(("group" | "user", n)) => name_ok(n),
-                Some(_) => false,
-            };
-            if !ok {
-                t.error("allow", format!("`{s}` is not a subject: write `public`, `users`, `group:NAME` or `user:NAME`"));
-            }
-        }
+        check_subjects(t, "allow", &a.allow, true);
         a
     }
 }
@@ -812,11 +810,22 @@ fn validate(config: &mut Config, base: &Path, r: &mut Reader) {
                 Err(e) => r.error(s.line, &format!("{}.root", s.key), format!("cannot open {}: {e}", root.display())),
             }
         }
+        let mount_ok = s.files.starts_with('/') && s.files.ends_with('/');
+        if !s.files.is_empty() && !mount_ok {
+            r.error(s.line, &format!("{}.files", s.key), "the file role's path must start and end with `/` (`/files/`)");
+        }
         if let Some(tls) = &mut s.tls {
             resolve_tls(tls, base, r);
             if s.hosts.is_empty() {
                 r.error(tls.line, &tls.key_name, "a site certificate needs `hosts` to be chosen by SNI");
             }
+        }
+    }
+    config.files.root_path = if config.files.root.is_empty() { data_dir.join("files") } else { base.join(&config.files.root) };
+    let mut folder_names = std::collections::HashSet::new();
+    for f in &config.files.folders {
+        if !folder_names.insert(f.name.clone()) {
+            r.error(0, "files.folder.name", format!("two shared folders are named `{}`", f.name));
         }
     }
     let mut upstream_names = std::collections::HashSet::new();
@@ -901,6 +910,26 @@ fn write_table_docs(docs: &[reader::DocEntry], prefix: &str, out: &mut String) {
         } else {
             out.push_str(&format!("\n## `[{shown}]`\n\n{}\n\n", d.doc));
             write_table_docs(docs, &d.path, out);
+        }
+    }
+}
+
+/// Names of users, groups and shared folders: lower-case letters, digits, `.`, `_`, `-`.
+pub(crate) fn name_ok(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 64 && n.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(&c))
+}
+
+/// Reports every entry of `list` that is not a subject of the user directory's permission model.
+pub(crate) fn check_subjects(t: &mut TableReader<'_>, key: &str, list: &[String], public_ok: bool) {
+    for s in list {
+        let ok = match s.split_once(':') {
+            None => (public_ok && s == "public") || s == "users",
+            Some(("group" | "user", n)) => name_ok(n),
+            Some(_) => false,
+        };
+        if !ok {
+            let public = if public_ok { "`public`, " } else { "" };
+            t.error(key, format!("`{s}` is not a subject: write {public}`users`, `group:NAME` or `user:NAME`"));
         }
     }
 }

@@ -104,6 +104,13 @@ pub struct RequestCx {
 /// reload the core swaps in a new one while requests in flight finish on the old one.
 pub trait Router: Send + Sync + 'static {
     fn handle<'a>(&'a self, req: Request<Incoming>, cx: &'a mut RequestCx) -> impl Future<Output = Response<Body>> + Send + 'a;
+
+    /// The largest request body this request may send, checked against a declared
+    /// Content-Length before `handle`; `cx.max_body` (`limits.max_body_bytes`) unless a role
+    /// takes large bodies itself (file uploads, bounded by quotas instead).
+    fn body_limit(&self, _req: &Request<Incoming>, cx: &RequestCx) -> u64 {
+        cx.max_body
+    }
 }
 
 /// Per-connection facts the engine needs for every request.
@@ -148,6 +155,8 @@ pub(crate) async fn serve_request<R: Router>(
         started,
         max_body,
     };
+    cx.max_body = router.body_limit(&req, &cx);
+    let max_body = cx.max_body;
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let response = if declared.is_some_and(|n| n > max_body) {
         simple_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
@@ -187,6 +196,16 @@ pub fn simple_response(status: StatusCode, text: &'static str) -> Response<Body>
     let mut r = Response::new(Body::full(Bytes::from_static(text.as_bytes())));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// A redirect to `location` with an empty body.
+pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
     r
 }
 

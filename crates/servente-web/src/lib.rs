@@ -25,6 +25,7 @@ use servente_auth::{Acl, AuthError, Client, Directory, Level};
 use servente_config::{Config, ListenerRole};
 use servente_core::metrics::Metrics;
 use servente_core::{Body, RequestCx, simple_response};
+use servente_files::FilesRole;
 
 pub use files::Budget;
 pub use site::Site;
@@ -52,6 +53,8 @@ pub struct WebRole {
     auth: WebAuth,
     /// Indexed by listener index; `None` for listeners of other roles.
     hosts: Vec<Option<HostMap>>,
+    /// The file role, for sites that mount it (`site.files`).
+    files: Option<Arc<FilesRole>>,
 }
 
 impl WebRole {
@@ -63,6 +66,7 @@ impl WebRole {
         budget: Arc<Budget>,
         auth: WebAuth,
         upstreams: &HashMap<String, Arc<Upstream>>,
+        files: Option<Arc<FilesRole>>,
     ) -> Result<Self, Vec<String>> {
         let mut sites = Vec::new();
         let mut errors = Vec::new();
@@ -105,7 +109,7 @@ impl WebRole {
                 Some(map)
             })
             .collect();
-        Ok(WebRole { sites, auth, hosts })
+        Ok(WebRole { sites, auth, hosts, files })
     }
 
     /// The site for a request on a listener, by Host (or :authority), then SNI, then default.
@@ -134,6 +138,14 @@ impl WebRole {
         match self.site_for(&req, cx) {
             Some(site) => {
                 cx.site = Some(site.stats.clone());
+                if let Some(mount) = self.files_mount(site, req.uri().path()) {
+                    if req.uri().path().len() < mount.len() {
+                        return servente_core::redirect(StatusCode::MOVED_PERMANENTLY, mount);
+                    }
+                    if let Some(files) = &self.files {
+                        return files.handle(mount, req, cx).await;
+                    }
+                }
                 let (acl, proxy) = site.rules_for(req.uri().path());
                 if let Some(acl) = acl
                     && let Err(refusal) = self.check_access(acl, &req, cx).await
@@ -154,6 +166,20 @@ impl WebRole {
 }
 
 impl WebRole {
+    /// The site's file-role mount when `path` is under it (or is it without the final slash).
+    fn files_mount<'s>(&self, site: &'s Site, path: &str) -> Option<&'s str> {
+        let m = site.files_mount.as_deref()?;
+        (path.starts_with(m) || path == &m[..m.len() - 1]).then_some(m)
+    }
+
+    /// Request bodies of the file role are bounded by quotas, not by `limits.max_body_bytes`.
+    pub fn body_limit<B>(&self, req: &Request<B>, cx: &RequestCx) -> u64 {
+        match self.site_for(req, cx) {
+            Some(site) if self.files.is_some() && self.files_mount(site, req.uri().path()).is_some() => u64::MAX,
+            _ => cx.max_body,
+        }
+    }
+
     /// Lets the request through when `acl` allows its sender to read; otherwise the answer to
     /// send: 401 with a Basic challenge (where Basic is accepted), 403, or 429.
     async fn check_access<B>(&self, acl: &Acl, req: &Request<B>, cx: &mut RequestCx) -> Result<(), Response<Body>> {

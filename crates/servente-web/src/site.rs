@@ -59,6 +59,8 @@ pub struct Site {
     /// False for a site without a root: only its routes answer.
     files: bool,
     fastcgi: Option<Arc<FastCgiRoute>>,
+    /// Where the file role is mounted on this site (`/files/`).
+    pub files_mount: Option<String>,
 }
 
 /// A counter that makes multipart boundaries unique within the process.
@@ -127,6 +129,7 @@ impl Site {
                 .collect::<Result<_, _>>()?,
             proxy,
             files: !c.root.is_empty(),
+            files_mount: (!c.files.is_empty()).then(|| c.files.clone()),
             fastcgi: match &c.fastcgi {
                 Some(f) => Some(Arc::new(FastCgiRoute::new(f, &c.root_path).map_err(|e| format!("{}.fastcgi: {e}", c.key))?)),
                 None => None,

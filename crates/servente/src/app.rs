@@ -47,6 +47,13 @@ impl Router for AppRouter {
             ListenerRole::Web => self.web.handle(req, cx).await,
         }
     }
+
+    fn body_limit(&self, req: &Request<Incoming>, cx: &RequestCx) -> u64 {
+        match self.roles.get(cx.listener_index) {
+            Some((_, ListenerRole::Web)) => self.web.body_limit(req, cx),
+            _ => cx.max_body,
+        }
+    }
 }
 
 /// Everything built from one config, ready for `Server::apply`.
@@ -94,7 +101,14 @@ pub fn build(config: &Config, metrics: &Arc<Metrics>, budget: &Arc<Budget>, env:
         });
     }
     let auth = WebAuth { directory: Some(env.shared.directory.clone()), basic_over_plain_http: config.auth.basic_over_plain_http };
-    let web = match WebRole::new(config, metrics, budget.clone(), auth, env.upstreams) {
+    let files = match servente_files::FilesRole::new(config, &servente_config::data_dir(config), Some(env.shared.directory.clone())) {
+        Ok(f) => f,
+        Err(e) => {
+            errors.push(err(0, "files", e));
+            None
+        }
+    };
+    let web = match WebRole::new(config, metrics, budget.clone(), auth, env.upstreams, files) {
         Ok(w) => Some(w),
         Err(list) => {
             errors.extend(list.into_iter().map(|m| err(0, "site", m)));

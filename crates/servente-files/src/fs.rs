@@ -1,0 +1,978 @@
+//! The storage behind WebDAV: one tree on disk, seen through each caller's permissions.
+//!
+//! Layout under the files root, identical to the WebDAV namespace:
+//! `users/NAME/…` (a user's home), `groups/NAME/…` (a group's folder), `shared/NAME/…`
+//! (`[[files.folder]]`), and `.tmp/` for uploads in progress. `/`, `/users/`, `/groups/` and
+//! `/shared/` are virtual listings holding only what the caller may open; anything else is 404.
+//!
+//! [`ServenteFs`] implements dav-server's `GuardedFileSystem` with the caller as credentials:
+//! reads and directory operations go to dav-server's `LocalFs` after the permission check;
+//! writes go to [`Upload`] (a temporary file, fsync, rename: a file appears only whole); dead
+//! properties live in [`Db`]; quotas are counted here (bytes of regular files in a home).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::io::SeekFrom;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::{Buf, Bytes};
+use dav_server::davpath::DavPath;
+use dav_server::fs::{
+    DavDirEntry, DavFile, DavMetaData, DavProp, FsError, FsFuture, FsResult, FsStream, GuardedFileSystem, OpenOptions, ReadDirMeta,
+};
+use dav_server::localfs::LocalFs;
+use futures_util::{FutureExt, StreamExt};
+use http::StatusCode;
+use servente_auth::{Acl, Level, Principal};
+
+use crate::db::Db;
+
+/// Who is asking, handed to every filesystem call.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub who: Arc<Principal>,
+    /// A PROPFIND naming its properties: dav-server would append every dead property to the
+    /// named ones, so [`ServenteFs`] lists none (the named ones come through `get_prop`).
+    pub named_props: bool,
+}
+
+/// The three kinds of top folders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Users,
+    Groups,
+    Shared,
+}
+
+impl Kind {
+    pub fn dir(self) -> &'static str {
+        match self {
+            Kind::Users => "users",
+            Kind::Groups => "groups",
+            Kind::Shared => "shared",
+        }
+    }
+    fn parse(s: &[u8]) -> Option<Kind> {
+        match s {
+            b"users" => Some(Kind::Users),
+            b"groups" => Some(Kind::Groups),
+            b"shared" => Some(Kind::Shared),
+            _ => None,
+        }
+    }
+}
+
+/// Where a path lands for a caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    /// `/`
+    Root,
+    /// `/users/`, `/groups/`, `/shared/`
+    List(Kind),
+    /// Inside a home or folder: `depth` is 0 for the area's own folder.
+    Area { kind: Kind, name: String, write: bool, depth: usize },
+}
+
+impl Node {
+    /// The home owner whose quota this node counts against.
+    fn quota_user(&self) -> Option<&str> {
+        match self {
+            Node::Area { kind: Kind::Users, name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// A `[[files.folder]]` with its rules.
+pub struct Folder {
+    pub name: String,
+    pub read: Acl,
+    pub write: Acl,
+}
+
+/// The state every request shares: the root, the metadata store and the quota counters.
+pub struct Storage {
+    pub root: PathBuf,
+    tmp: PathBuf,
+    pub db: Db,
+    default_quota: u64,
+    quotas: HashMap<String, u64>,
+    group_folders: bool,
+    folders: Vec<Folder>,
+    /// Bytes in each home, counted once by walking it, then kept up to date by every change.
+    usage: Mutex<HashMap<String, u64>>,
+    /// Area folders known to exist (created on first use).
+    made: Mutex<HashSet<(Kind, String)>>,
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storage").field("root", &self.root).finish_non_exhaustive()
+    }
+}
+
+pub struct StorageSettings {
+    pub default_quota: u64,
+    pub quotas: HashMap<String, u64>,
+    pub group_folders: bool,
+    pub folders: Vec<Folder>,
+}
+
+impl Storage {
+    /// Opens (creating) the root and its metadata store; `db_file` is usually in the data folder.
+    pub fn open(root: &Path, db_file: &Path, s: StorageSettings) -> Result<Storage, String> {
+        let tmp = root.join(".tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        // Uploads cut short by a crash leave their temporary file; nothing else refers to it.
+        // Only at startup: a reload builds a new Storage while uploads of the old one go on.
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| {
+            if let Ok(entries) = std::fs::read_dir(&tmp) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        });
+        Ok(Storage {
+            root: root.to_path_buf(),
+            tmp,
+            db: Db::open(db_file)?,
+            default_quota: s.default_quota,
+            quotas: s.quotas,
+            group_folders: s.group_folders,
+            folders: s.folders,
+            usage: Mutex::new(HashMap::new()),
+            made: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The quota of a user in bytes; `None` for unlimited.
+    pub fn quota(&self, user: &str) -> Option<u64> {
+        let q = self.quotas.get(user).copied().unwrap_or(self.default_quota);
+        (q > 0).then_some(q)
+    }
+
+    /// Bytes in a user's home (walks it the first time).
+    pub fn used(&self, user: &str) -> u64 {
+        if let Some(u) = self.usage.lock().unwrap_or_else(|p| p.into_inner()).get(user) {
+            return *u;
+        }
+        let total = tree_size(&self.root.join("users").join(user));
+        *self.usage.lock().unwrap_or_else(|p| p.into_inner()).entry(user.to_string()).or_insert(total)
+    }
+
+    pub(crate) fn add_usage(&self, user: &str, delta: i64) {
+        let mut u = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = u.get_mut(user) {
+            *v = v.saturating_add_signed(delta);
+        }
+    }
+
+    fn forget_usage(&self, user: &str) {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+    }
+
+    /// What `who` may do in area `kind/name`: `None` (invisible), read, or write.
+    pub fn access(&self, who: &Principal, kind: Kind, name: &str) -> Option<bool> {
+        match kind {
+            Kind::Users => (name == who.user).then_some(true),
+            Kind::Groups => (self.group_folders && who.in_group(name)).then_some(true),
+            Kind::Shared => {
+                let f = self.folders.iter().find(|f| f.name == name)?;
+                if f.write.allows(Some(who), Level::Read) { Some(true) } else { f.read.allows(Some(who), Level::Read).then_some(false) }
+            }
+        }
+    }
+
+    /// The areas of a kind that `who` can see, by name.
+    pub fn areas(&self, who: &Principal, kind: Kind) -> Vec<String> {
+        match kind {
+            Kind::Users => vec![who.user.clone()],
+            Kind::Groups if self.group_folders => who.groups.clone(),
+            Kind::Groups => Vec::new(),
+            Kind::Shared => {
+                self.folders.iter().filter(|f| self.access(who, Kind::Shared, &f.name).is_some()).map(|f| f.name.clone()).collect()
+            }
+        }
+    }
+
+    /// Places `path` for `who`. Areas the caller may not see are "not found", so names of other
+    /// people's homes and folders do not leak.
+    pub fn resolve(&self, path: &DavPath, who: &Principal) -> FsResult<Node> {
+        let raw = path.as_rel_ospath().as_os_str().as_encoded_bytes();
+        let mut segs = raw.split(|&b| b == b'/').filter(|s| !s.is_empty());
+        let Some(top) = segs.next() else { return Ok(Node::Root) };
+        let kind = Kind::parse(top).ok_or(FsError::NotFound)?;
+        let Some(name) = segs.next() else { return Ok(Node::List(kind)) };
+        let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
+        let write = self.access(who, kind, name).ok_or(FsError::NotFound)?;
+        let mut depth = 0;
+        for s in segs {
+            // Control characters in names break listings, logs and other clients.
+            if s.iter().any(|&b| b < 0x20 || b == 0x7f) {
+                return Err(FsError::Forbidden);
+            }
+            depth += 1;
+        }
+        self.ensure_area(kind, name)?;
+        Ok(Node::Area { kind, name: name.to_string(), write, depth })
+    }
+
+    fn ensure_area(&self, kind: Kind, name: &str) -> FsResult<()> {
+        let key = (kind, name.to_string());
+        if self.made.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
+            return Ok(());
+        }
+        let dir = self.root.join(kind.dir()).join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            tracing::error!("cannot create {}: {e}", dir.display());
+            FsError::GeneralFailure
+        })?;
+        self.made.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+        Ok(())
+    }
+
+    /// The file on disk for a path that resolved to an area.
+    pub fn disk_path(&self, path: &DavPath) -> PathBuf {
+        self.root.join(path.as_rel_ospath())
+    }
+}
+
+/// The key of a path in the metadata store: relative to the root, no trailing slash.
+pub fn key(path: &DavPath) -> Vec<u8> {
+    let mut k = path.as_rel_ospath().as_os_str().as_encoded_bytes().to_vec();
+    while k.last() == Some(&b'/') {
+        k.pop();
+    }
+    k
+}
+
+/// Bytes of the regular files under `dir`, links not followed.
+pub fn tree_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) if m.is_file() => total += m.len(),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> FsResult<T> + Send + 'static) -> FsResult<T> {
+    tokio::task::spawn_blocking(f).await.unwrap_or(Err(FsError::GeneralFailure))
+}
+
+fn io_err(e: std::io::Error) -> FsError {
+    FsError::from(&e)
+}
+
+/// dav-server's filesystem for every caller.
+#[derive(Clone)]
+pub struct ServenteFs {
+    pub st: Arc<Storage>,
+    local: Box<LocalFs>,
+}
+
+impl ServenteFs {
+    pub fn new(st: Arc<Storage>) -> ServenteFs {
+        let local = LocalFs::new(&st.root, false, false, false);
+        ServenteFs { st, local }
+    }
+
+    /// Resolves and insists on a place inside an area (`depth` at least `min_depth`), writable
+    /// when `write`.
+    fn area(&self, path: &DavPath, c: &Caller, write: bool, min_depth: usize) -> FsResult<Node> {
+        let node = self.st.resolve(path, &c.who)?;
+        match &node {
+            Node::Area { write: w, depth, .. } if (!write || *w) && *depth >= min_depth => Ok(node),
+            Node::Area { depth, .. } if *depth >= min_depth => Err(FsError::Forbidden),
+            _ => Err(FsError::Forbidden),
+        }
+    }
+
+    async fn meta_of(&self, path: &DavPath, node: &Node, caller: &Caller) -> FsResult<Box<dyn DavMetaData>> {
+        match node {
+            Node::Root | Node::List(_) => Ok(Box::new(VirtualDir)),
+            Node::Area { .. } => {
+                let m = GuardedFileSystem::<()>::metadata(self.local.as_ref(), path, &()).await?;
+                Ok(self.wrap(m, node, caller))
+            }
+        }
+    }
+
+    /// A home's folders report the home's usage as their length, which dav-server turns into
+    /// the RFC 4331 `quota-used-bytes` / `quota-available-bytes` of each folder.
+    fn wrap(&self, m: Box<dyn DavMetaData>, node: &Node, _caller: &Caller) -> Box<dyn DavMetaData> {
+        match node.quota_user() {
+            Some(user) if m.is_dir() => Box::new(HomeDir { inner: m, used: self.st.used(user) }),
+            _ => m,
+        }
+    }
+}
+
+impl GuardedFileSystem<Caller> for ServenteFs {
+    fn open<'a>(&'a self, path: &'a DavPath, options: OpenOptions, c: &'a Caller) -> FsFuture<'a, Box<dyn DavFile>> {
+        async move {
+            if !options.write {
+                self.area(path, c, false, 0)?;
+                return GuardedFileSystem::<()>::open(self.local.as_ref(), path, options, &()).await;
+            }
+            let node = self.area(path, c, true, 1)?;
+            let st = self.st.clone();
+            let target = st.disk_path(path);
+            let quota = node.quota_user().and_then(|u| st.quota(u).map(|q| (u.to_string(), q)));
+            let used = node.quota_user().map(|u| st.used(u)).unwrap_or(0);
+            let upload = blocking(move || Upload::begin(st, target, options, quota, used)).await?;
+            Ok(Box::new(upload) as Box<dyn DavFile>)
+        }
+        .boxed()
+    }
+
+    fn read_dir<'a>(&'a self, path: &'a DavPath, meta: ReadDirMeta, c: &'a Caller) -> FsFuture<'a, FsStream<Box<dyn DavDirEntry>>> {
+        async move {
+            let node = self.st.resolve(path, &c.who)?;
+            let names: Vec<(String, PathBuf)> = match &node {
+                Node::Root => {
+                    let mut v = vec![Kind::Users];
+                    if !self.st.areas(&c.who, Kind::Groups).is_empty() {
+                        v.push(Kind::Groups);
+                    }
+                    if !self.st.areas(&c.who, Kind::Shared).is_empty() {
+                        v.push(Kind::Shared);
+                    }
+                    v.into_iter().map(|k| (k.dir().to_string(), PathBuf::new())).collect()
+                }
+                Node::List(kind) => self
+                    .st
+                    .areas(&c.who, *kind)
+                    .into_iter()
+                    .filter(|n| self.st.ensure_area(*kind, n).is_ok())
+                    .map(|n| {
+                        let p = self.st.root.join(kind.dir()).join(&n);
+                        (n, p)
+                    })
+                    .collect(),
+                Node::Area { .. } => {
+                    let inner = GuardedFileSystem::<()>::read_dir(self.local.as_ref(), path, meta, &()).await?;
+                    let used = node.quota_user().map(|u| self.st.used(u));
+                    return Ok(
+                        Box::pin(inner.map(move |e| e.map(|e| Box::new(Entry { inner: e, home_used: used }) as Box<dyn DavDirEntry>)))
+                            as FsStream<Box<dyn DavDirEntry>>,
+                    );
+                }
+            };
+            let kind_list = matches!(node, Node::List(Kind::Users));
+            let used = kind_list.then(|| self.st.used(&c.who.user));
+            let entries: Vec<FsResult<Box<dyn DavDirEntry>>> = names
+                .into_iter()
+                .map(|(name, disk)| {
+                    let meta: Box<dyn DavMetaData> = match std::fs::metadata(&disk) {
+                        Ok(m) if !disk.as_os_str().is_empty() => match used {
+                            Some(u) => Box::new(HomeDir { inner: Box::new(StdMeta(m)), used: u }),
+                            None => Box::new(StdMeta(m)),
+                        },
+                        _ => Box::new(VirtualDir),
+                    };
+                    Ok(Box::new(VirtualEntry { name, meta }) as Box<dyn DavDirEntry>)
+                })
+                .collect();
+            Ok(Box::pin(futures_util::stream::iter(entries)) as FsStream<Box<dyn DavDirEntry>>)
+        }
+        .boxed()
+    }
+
+    fn metadata<'a>(&'a self, path: &'a DavPath, c: &'a Caller) -> FsFuture<'a, Box<dyn DavMetaData>> {
+        async move {
+            let node = self.st.resolve(path, &c.who)?;
+            self.meta_of(path, &node, c).await
+        }
+        .boxed()
+    }
+
+    fn symlink_metadata<'a>(&'a self, path: &'a DavPath, c: &'a Caller) -> FsFuture<'a, Box<dyn DavMetaData>> {
+        async move {
+            let node = self.st.resolve(path, &c.who)?;
+            match node {
+                Node::Area { .. } => {
+                    let m = GuardedFileSystem::<()>::symlink_metadata(self.local.as_ref(), path, &()).await?;
+                    Ok(self.wrap(m, &node, c))
+                }
+                _ => Ok(Box::new(VirtualDir) as Box<dyn DavMetaData>),
+            }
+        }
+        .boxed()
+    }
+
+    fn create_dir<'a>(&'a self, path: &'a DavPath, c: &'a Caller) -> FsFuture<'a, ()> {
+        async move {
+            self.area(path, c, true, 1)?;
+            GuardedFileSystem::<()>::create_dir(self.local.as_ref(), path, &()).await
+        }
+        .boxed()
+    }
+
+    fn remove_dir<'a>(&'a self, path: &'a DavPath, c: &'a Caller) -> FsFuture<'a, ()> {
+        async move {
+            self.area(path, c, true, 1)?;
+            GuardedFileSystem::<()>::remove_dir(self.local.as_ref(), path, &()).await?;
+            let st = self.st.clone();
+            let k = key(path);
+            blocking(move || st.db.remove_tree(&k).map_err(log_db)).await
+        }
+        .boxed()
+    }
+
+    fn remove_file<'a>(&'a self, path: &'a DavPath, c: &'a Caller) -> FsFuture<'a, ()> {
+        async move {
+            let node = self.area(path, c, true, 1)?;
+            let st = self.st.clone();
+            let disk = st.disk_path(path);
+            let k = key(path);
+            let user = node.quota_user().map(str::to_string);
+            blocking(move || {
+                let len = std::fs::symlink_metadata(&disk).map(|m| if m.is_file() { m.len() } else { 0 }).map_err(io_err)?;
+                std::fs::remove_file(&disk).map_err(io_err)?;
+                if let Some(u) = user {
+                    st.add_usage(&u, -(len as i64));
+                }
+                st.db.remove_tree(&k).map_err(log_db)
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn rename<'a>(&'a self, from: &'a DavPath, to: &'a DavPath, c: &'a Caller) -> FsFuture<'a, ()> {
+        async move {
+            let a = self.area(from, c, true, 1)?;
+            let b = self.area(to, c, true, 1)?;
+            let (ua, ub) = (a.quota_user().map(str::to_string), b.quota_user().map(str::to_string));
+            if ua != ub
+                && let Some(u) = &ub
+                && let Some(q) = self.st.quota(u)
+            {
+                let size = {
+                    let disk = self.st.disk_path(from);
+                    blocking(move || Ok(tree_size_or_file(&disk))).await?
+                };
+                if self.st.used(u) + size > q {
+                    return Err(FsError::InsufficientStorage);
+                }
+            }
+            GuardedFileSystem::<()>::rename(self.local.as_ref(), from, to, &()).await?;
+            if ua != ub {
+                for u in [ua, ub].into_iter().flatten() {
+                    self.st.forget_usage(&u);
+                }
+            }
+            let st = self.st.clone();
+            let (kf, kt) = (key(from), key(to));
+            blocking(move || st.db.move_tree(&kf, &kt).map_err(log_db)).await
+        }
+        .boxed()
+    }
+
+    fn copy<'a>(&'a self, from: &'a DavPath, to: &'a DavPath, c: &'a Caller) -> FsFuture<'a, ()> {
+        async move {
+            self.area(from, c, false, 1)?;
+            let b = self.area(to, c, true, 1)?;
+            let st = self.st.clone();
+            let (src, dst) = (st.disk_path(from), st.disk_path(to));
+            let user = b.quota_user().map(str::to_string);
+            let limit = user.as_deref().and_then(|u| st.quota(u).map(|q| (q, st.used(u))));
+            let (kf, kt) = (key(from), key(to));
+            blocking(move || {
+                let len = std::fs::metadata(&src).map_err(io_err)?.len();
+                let old = std::fs::symlink_metadata(&dst).map(|m| if m.is_file() { m.len() } else { 0 }).unwrap_or(0);
+                if let Some((q, used)) = limit
+                    && used.saturating_sub(old) + len > q
+                {
+                    return Err(FsError::InsufficientStorage);
+                }
+                copy_durably(&src, &dst, &st.tmp)?;
+                if let Some(u) = &user {
+                    st.add_usage(u, len as i64 - old as i64);
+                }
+                st.db.copy_one(&kf, &kt).map_err(log_db)
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn set_accessed<'a>(&'a self, path: &'a DavPath, tm: SystemTime, c: &Caller) -> FsFuture<'a, ()> {
+        let allowed = self.area(path, c, true, 1).map(drop);
+        async move {
+            allowed?;
+            GuardedFileSystem::<()>::set_accessed(self.local.as_ref(), path, tm, &()).await
+        }
+        .boxed()
+    }
+
+    fn set_modified<'a>(&'a self, path: &'a DavPath, tm: SystemTime, c: &'a Caller) -> FsFuture<'a, ()> {
+        async move {
+            self.area(path, c, true, 1)?;
+            GuardedFileSystem::<()>::set_modified(self.local.as_ref(), path, tm, &()).await
+        }
+        .boxed()
+    }
+
+    fn have_props<'a>(&'a self, path: &'a DavPath, c: &'a Caller) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        let ok = matches!(self.st.resolve(path, &c.who), Ok(Node::Area { .. }));
+        Box::pin(std::future::ready(ok))
+    }
+
+    fn patch_props<'a>(
+        &'a self,
+        path: &'a DavPath,
+        patch: Vec<(bool, DavProp)>,
+        c: &'a Caller,
+    ) -> FsFuture<'a, Vec<(StatusCode, DavProp)>> {
+        async move {
+            self.area(path, c, true, 0)?;
+            let changes: Vec<(String, String, Option<Vec<u8>>)> = patch
+                .iter()
+                .map(|(set, p)| {
+                    (
+                        p.namespace.clone().unwrap_or_default(),
+                        p.name.clone(),
+                        if *set { Some(p.xml.clone().unwrap_or_default()) } else { None },
+                    )
+                })
+                .collect();
+            let st = self.st.clone();
+            let k = key(path);
+            blocking(move || st.db.patch(&k, &changes).map_err(log_db)).await?;
+            Ok(patch.into_iter().map(|(_, p)| (StatusCode::OK, DavProp { xml: None, ..p })).collect())
+        }
+        .boxed()
+    }
+
+    fn get_props<'a>(&'a self, path: &'a DavPath, do_content: bool, c: &'a Caller) -> FsFuture<'a, Vec<DavProp>> {
+        async move {
+            self.area(path, c, false, 0)?;
+            if c.named_props {
+                return Ok(Vec::new());
+            }
+            let st = self.st.clone();
+            let k = key(path);
+            let rows = blocking(move || st.db.props(&k).map_err(log_db)).await?;
+            Ok(rows
+                .into_iter()
+                .map(|(ns, name, xml)| DavProp {
+                    name,
+                    prefix: None,
+                    namespace: (!ns.is_empty()).then_some(ns),
+                    xml: do_content.then_some(xml),
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn get_prop<'a>(&'a self, path: &'a DavPath, prop: DavProp, c: &'a Caller) -> FsFuture<'a, Vec<u8>> {
+        async move {
+            self.area(path, c, false, 0)?;
+            let st = self.st.clone();
+            let k = key(path);
+            let ns = prop.namespace.unwrap_or_default();
+            blocking(move || st.db.prop(&k, &ns, &prop.name).map_err(log_db)?.ok_or(FsError::NotFound)).await
+        }
+        .boxed()
+    }
+
+    fn get_quota<'a>(&'a self, c: &'a Caller) -> FsFuture<'a, (u64, Option<u64>)> {
+        async move {
+            let st = self.st.clone();
+            let user = c.who.user.clone();
+            blocking(move || Ok((st.used(&user), st.quota(&user)))).await
+        }
+        .boxed()
+    }
+}
+
+fn log_db(e: String) -> FsError {
+    tracing::error!("{e}");
+    FsError::GeneralFailure
+}
+
+fn tree_size_or_file(p: &Path) -> u64 {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => tree_size(p),
+        Ok(m) if m.is_file() => m.len(),
+        _ => 0,
+    }
+}
+
+/// Copies through a temporary file, so the destination is either the old file or the whole copy.
+fn copy_durably(src: &Path, dst: &Path, tmp_dir: &Path) -> FsResult<()> {
+    let tmp = temp_name(tmp_dir);
+    let result = (|| {
+        std::fs::copy(src, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, dst)?;
+        sync_parent(dst)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io_err)
+}
+
+fn sync_parent(p: &Path) -> std::io::Result<()> {
+    match p.parent() {
+        Some(d) => std::fs::File::open(d)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+fn temp_name(dir: &Path) -> PathBuf {
+    let r: [u8; 12] = servente_auth::secret::random_bytes();
+    let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    dir.join(format!("up-{name}"))
+}
+
+/// Bytes gathered before they go to disk in one blocking call.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// A PUT in progress: bytes go to a temporary file beside the files root and replace the target
+/// only on [`DavFile::flush`], after fsync. Dropped before that (the client vanished, the body
+/// was short, the quota was hit), the temporary file is removed and the old version stays.
+pub struct Upload {
+    st: Arc<Storage>,
+    target: PathBuf,
+    tmp: PathBuf,
+    file: Option<std::fs::File>,
+    pending: Vec<Bytes>,
+    pending_len: usize,
+    /// Where the next byte goes.
+    pos: u64,
+    /// Bytes the client sent.
+    received: u64,
+    /// Size of the file being built (the old content counts for partial writes).
+    end: u64,
+    expected: Option<u64>,
+    /// The largest file the owner's quota leaves room for, and the owner.
+    limit: Option<(u64, String)>,
+    old_len: u64,
+    committed: Option<Box<dyn DavMetaData>>,
+    /// Time spent in fsync, for the bench's report.
+    pub sync_time: std::time::Duration,
+}
+
+impl fmt::Debug for Upload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upload").field("target", &self.target).field("received", &self.received).finish_non_exhaustive()
+    }
+}
+
+impl Upload {
+    fn begin(st: Arc<Storage>, target: PathBuf, o: OpenOptions, quota: Option<(String, u64)>, used: u64) -> FsResult<Upload> {
+        let old = match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.is_dir() => return Err(FsError::Forbidden),
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(e)),
+        };
+        if old.is_some() && o.create_new {
+            return Err(FsError::Exists);
+        }
+        if old.is_none() && !o.create && !o.create_new {
+            return Err(FsError::NotFound);
+        }
+        match target.parent().map(std::fs::metadata) {
+            Some(Ok(m)) if m.is_dir() => {}
+            _ => return Err(FsError::NotFound),
+        }
+        let old_len = old.as_ref().map(|m| m.len()).unwrap_or(0);
+        let limit = quota.map(|(u, q)| (q.saturating_sub(used.saturating_sub(old_len)), u));
+        let keep_old = old.is_some() && !o.truncate;
+        if let (Some((room, _)), Some(size)) = (&limit, o.size)
+            && !keep_old
+            && size > *room
+        {
+            return Err(FsError::InsufficientStorage);
+        }
+        let tmp = temp_name(&st.tmp);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.read(true).write(true).create_new(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let file = opts.open(&tmp).map_err(io_err)?;
+        let mut u = Upload {
+            st,
+            target,
+            tmp,
+            file: Some(file),
+            pending: Vec::new(),
+            pending_len: 0,
+            pos: 0,
+            received: 0,
+            end: 0,
+            expected: o.size,
+            limit,
+            old_len,
+            committed: None,
+            sync_time: Default::default(),
+        };
+        if keep_old {
+            std::fs::copy(&u.target, &u.tmp).map_err(io_err)?;
+            u.end = old_len;
+            if o.append {
+                u.pos = old_len;
+            }
+        }
+        Ok(u)
+    }
+
+    /// Writes the gathered bytes at their offset, off the async threads.
+    async fn write_pending(&mut self) -> FsResult<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunks = std::mem::take(&mut self.pending);
+        let len = std::mem::take(&mut self.pending_len) as u64;
+        let Some(file) = self.file.take() else { return Err(FsError::GeneralFailure) };
+        let at = self.pos;
+        let file = blocking(move || {
+            let mut off = at;
+            for c in chunks {
+                file.write_all_at(&c, off).map_err(io_err)?;
+                off += c.len() as u64;
+            }
+            Ok(file)
+        })
+        .await?;
+        self.file = Some(file);
+        self.pos += len;
+        Ok(())
+    }
+
+    fn take(&mut self, b: Bytes) -> FsResult<()> {
+        self.received += b.len() as u64;
+        self.end = self.end.max(self.pos + self.pending_len as u64 + b.len() as u64);
+        if let Some((room, _)) = &self.limit
+            && self.end > *room
+        {
+            return Err(FsError::InsufficientStorage);
+        }
+        self.pending_len += b.len();
+        self.pending.push(b);
+        Ok(())
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if self.committed.is_none() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl DavFile for Upload {
+    fn metadata(&mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        async move {
+            if let Some(m) = &self.committed {
+                return Ok(m.clone());
+            }
+            let f = self.file.as_ref().ok_or(FsError::GeneralFailure)?;
+            Ok(Box::new(StdMeta(f.metadata().map_err(io_err)?)) as Box<dyn DavMetaData>)
+        }
+        .boxed()
+    }
+
+    fn write_buf(&mut self, mut buf: Box<dyn Buf + Send>) -> FsFuture<'_, ()> {
+        let b = buf.copy_to_bytes(buf.remaining());
+        self.write_bytes(b)
+    }
+
+    fn write_bytes(&mut self, buf: Bytes) -> FsFuture<'_, ()> {
+        async move {
+            self.take(buf)?;
+            if self.pending_len >= WRITE_BATCH {
+                self.write_pending().await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn read_bytes(&mut self, _count: usize) -> FsFuture<'_, Bytes> {
+        Box::pin(std::future::ready(Err(FsError::NotImplemented)))
+    }
+
+    fn seek(&mut self, pos: SeekFrom) -> FsFuture<'_, u64> {
+        async move {
+            self.write_pending().await?;
+            self.pos = match pos {
+                SeekFrom::Start(n) => n,
+                SeekFrom::End(n) => self.end.checked_add_signed(n).ok_or(FsError::GeneralFailure)?,
+                SeekFrom::Current(n) => self.pos.checked_add_signed(n).ok_or(FsError::GeneralFailure)?,
+            };
+            Ok(self.pos)
+        }
+        .boxed()
+    }
+
+    /// The commit: dav-server calls this once the whole body has arrived.
+    fn flush(&mut self) -> FsFuture<'_, ()> {
+        async move {
+            if self.committed.is_some() {
+                return Ok(());
+            }
+            if let Some(n) = self.expected
+                && n != self.received
+            {
+                // Short or long body: dav-server answers 400; the old file stays.
+                return Err(FsError::GeneralFailure);
+            }
+            self.write_pending().await?;
+            let file = self.file.take().ok_or(FsError::GeneralFailure)?;
+            let (tmp, target) = (self.tmp.clone(), self.target.clone());
+            let (meta, took) = blocking(move || {
+                let t = std::time::Instant::now();
+                file.sync_all().map_err(io_err)?;
+                std::fs::rename(&tmp, &target).map_err(io_err)?;
+                sync_parent(&target).map_err(io_err)?;
+                let took = t.elapsed();
+                Ok((file.metadata().map_err(io_err)?, took))
+            })
+            .await?;
+            self.sync_time = took;
+            if let Some((_, user)) = &self.limit {
+                self.st.add_usage(user, meta.len() as i64 - self.old_len as i64);
+            } else if let Ok(rel) = self.target.strip_prefix(self.st.root.join("users"))
+                && let Some(user) = rel.iter().next().and_then(|u| u.to_str())
+            {
+                self.st.add_usage(user, meta.len() as i64 - self.old_len as i64);
+            }
+            self.committed = Some(Box::new(StdMeta(meta)));
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// Metadata of a file or folder on disk.
+#[derive(Debug, Clone)]
+pub struct StdMeta(pub std::fs::Metadata);
+
+impl DavMetaData for StdMeta {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn modified(&self) -> FsResult<SystemTime> {
+        self.0.modified().map_err(io_err)
+    }
+    fn is_dir(&self) -> bool {
+        self.0.is_dir()
+    }
+    fn is_symlink(&self) -> bool {
+        self.0.file_type().is_symlink()
+    }
+    fn created(&self) -> FsResult<SystemTime> {
+        self.0.created().or_else(|_| self.0.modified()).map_err(io_err)
+    }
+    fn executable(&self) -> FsResult<bool> {
+        use std::os::unix::fs::PermissionsExt;
+        Ok(self.0.is_file() && self.0.permissions().mode() & 0o100 != 0)
+    }
+}
+
+/// `/`, `/users/`, `/groups/`, `/shared/`: read-only listings.
+#[derive(Debug, Clone)]
+struct VirtualDir;
+
+impl DavMetaData for VirtualDir {
+    fn len(&self) -> u64 {
+        0
+    }
+    fn modified(&self) -> FsResult<SystemTime> {
+        Ok(SystemTime::UNIX_EPOCH)
+    }
+    fn is_dir(&self) -> bool {
+        true
+    }
+    fn etag(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A folder of a home, reporting the home's usage as its length (see [`ServenteFs::wrap`]).
+#[derive(Debug, Clone)]
+struct HomeDir {
+    inner: Box<dyn DavMetaData>,
+    used: u64,
+}
+
+impl DavMetaData for HomeDir {
+    fn len(&self) -> u64 {
+        self.used
+    }
+    fn modified(&self) -> FsResult<SystemTime> {
+        self.inner.modified()
+    }
+    fn is_dir(&self) -> bool {
+        true
+    }
+    fn etag(&self) -> Option<String> {
+        self.inner.etag()
+    }
+    fn created(&self) -> FsResult<SystemTime> {
+        self.inner.created()
+    }
+}
+
+struct VirtualEntry {
+    name: String,
+    meta: Box<dyn DavMetaData>,
+}
+
+impl DavDirEntry for VirtualEntry {
+    fn name(&self) -> Vec<u8> {
+        self.name.as_bytes().to_vec()
+    }
+    fn metadata(&self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        Box::pin(std::future::ready(Ok(self.meta.clone())))
+    }
+}
+
+/// An entry of a real folder; folders of a home report the home's usage.
+struct Entry {
+    inner: Box<dyn DavDirEntry>,
+    home_used: Option<u64>,
+}
+
+impl DavDirEntry for Entry {
+    fn name(&self) -> Vec<u8> {
+        self.inner.name()
+    }
+    fn metadata(&self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        async move {
+            let m = self.inner.metadata().await?;
+            Ok(match self.home_used {
+                Some(used) if m.is_dir() => Box::new(HomeDir { inner: m, used }) as Box<dyn DavMetaData>,
+                _ => m,
+            })
+        }
+        .boxed()
+    }
+    fn is_dir(&self) -> FsFuture<'_, bool> {
+        self.inner.is_dir()
+    }
+    fn is_file(&self) -> FsFuture<'_, bool> {
+        self.inner.is_file()
+    }
+    fn is_symlink(&self) -> FsFuture<'_, bool> {
+        self.inner.is_symlink()
+    }
+}

@@ -1,0 +1,151 @@
+//! Resumable uploads for the web file manager: a large file goes up in chunks, each one on
+//! disk (fsync) before it is acknowledged, and the file appears at its place only when the
+//! last byte has arrived. After a network drop the page asks for the offset and goes on.
+//!
+//! Each upload is `<root>/.uploads/ID.part` (the bytes so far) and `ID.json` (owner, target
+//! path, size). Uploads untouched for a day are removed at startup.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// An upload as recorded beside its bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UploadMeta {
+    pub owner: String,
+    /// WebDAV path of the file to create (`/users/alice/film.mkv`).
+    pub path: String,
+    pub size: u64,
+}
+
+pub struct Uploads {
+    dir: PathBuf,
+}
+
+/// Why a chunk was refused.
+#[derive(Debug, PartialEq)]
+pub enum ChunkError {
+    NotFound,
+    /// The chunk does not start where the upload stands; here is where it stands.
+    Offset(u64),
+    TooLong,
+    Io(String),
+}
+
+const STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+impl Uploads {
+    pub fn new(root: &Path) -> Result<Uploads, String> {
+        let dir = root.join(".uploads");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let stale = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE_AFTER);
+                if stale {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(Uploads { dir })
+    }
+
+    fn files(&self, id: &str) -> Option<(PathBuf, PathBuf)> {
+        // IDs are ours: 32 hex digits; anything else is not an upload (and no path trick).
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some((self.dir.join(format!("{id}.part")), self.dir.join(format!("{id}.json"))))
+    }
+
+    /// Starts an upload; returns its ID.
+    pub fn create(&self, meta: &UploadMeta) -> Result<String, String> {
+        let r: [u8; 16] = servente_auth::secret::random_bytes();
+        let id: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        let (part, json) = self.files(&id).ok_or("bad id")?;
+        std::fs::File::create(&part).map_err(|e| format!("cannot create {}: {e}", part.display()))?;
+        let text = serde_json::to_vec(meta).map_err(|e| e.to_string())?;
+        write_synced(&json, &text).map_err(|e| format!("cannot write {}: {e}", json.display()))?;
+        Ok(id)
+    }
+
+    /// The upload and how many bytes it holds, if `owner` has one with this ID.
+    pub fn get(&self, owner: &str, id: &str) -> Option<(UploadMeta, u64)> {
+        let (part, json) = self.files(id)?;
+        let meta: UploadMeta = serde_json::from_slice(&std::fs::read(json).ok()?).ok()?;
+        if meta.owner != owner {
+            return None;
+        }
+        let have = std::fs::metadata(part).ok()?.len();
+        Some((meta, have))
+    }
+
+    /// Appends a chunk that starts at `offset`, durably; returns the new length.
+    pub fn append(&self, owner: &str, id: &str, offset: u64, chunk: &[u8]) -> Result<u64, ChunkError> {
+        let (meta, have) = self.get(owner, id).ok_or(ChunkError::NotFound)?;
+        if offset != have {
+            return Err(ChunkError::Offset(have));
+        }
+        if have + chunk.len() as u64 > meta.size {
+            return Err(ChunkError::TooLong);
+        }
+        let (part, _) = self.files(id).ok_or(ChunkError::NotFound)?;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&part).map_err(|e| ChunkError::Io(e.to_string()))?;
+        let io = |e: std::io::Error| {
+            // A partial write (disk full) is cut back so the offset stays what was acknowledged.
+            let _ = std::fs::OpenOptions::new().write(true).open(&part).and_then(|f| f.set_len(have));
+            ChunkError::Io(e.to_string())
+        };
+        f.write_all(chunk).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        let _ = filetime_now(&part);
+        Ok(have + chunk.len() as u64)
+    }
+
+    /// The finished bytes, for the caller to move into place; the record is removed by
+    /// [`Uploads::remove`] after that.
+    pub fn part_path(&self, id: &str) -> Option<PathBuf> {
+        self.files(id).map(|(p, _)| p)
+    }
+
+    pub fn remove(&self, id: &str) {
+        if let Some((part, json)) = self.files(id) {
+            let _ = std::fs::remove_file(part);
+            let _ = std::fs::remove_file(json);
+        }
+    }
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// Marks the upload as active so the startup sweep keeps it.
+fn filetime_now(p: &Path) -> std::io::Result<()> {
+    std::fs::File::options().write(true).open(p)?.set_modified(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_must_follow_each_other_and_stay_within_the_size() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let u = Uploads::new(d.path()).expect("uploads");
+        let meta = UploadMeta { owner: "alice".into(), path: "/users/alice/f".into(), size: 10 };
+        let id = u.create(&meta).expect("create");
+        assert_eq!(u.get("bob", &id), None, "another user's upload is invisible");
+        assert_eq!(u.append("alice", &id, 0, b"hello"), Ok(5));
+        assert_eq!(u.append("alice", &id, 0, b"hello"), Err(ChunkError::Offset(5)), "a repeated chunk is refused with the offset");
+        assert_eq!(u.append("alice", &id, 5, b"world!"), Err(ChunkError::TooLong));
+        assert_eq!(u.append("alice", &id, 5, b"world"), Ok(10));
+        assert_eq!(u.get("alice", &id), Some((meta, 10)));
+        assert_eq!(u.append("alice", "../../etc/passwd", 0, b"x"), Err(ChunkError::NotFound));
+        u.remove(&id);
+        assert_eq!(u.get("alice", &id), None);
+    }
+}
