@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use servente_auth::web::{Authenticated, authenticate, clear_session_cookie, credentials, session_cookie, set_session_cookie};
-use servente_auth::{Actor, AuthError, Client, DirError, NewUser, Principal, StoreError, UserPatch, secret};
+use servente_auth::{Actor, AuthError, Client, DirError, NewUser, Principal, StoreError, UserPatch};
 use servente_core::{Body, RequestCx};
 use tokio::sync::oneshot;
 
@@ -395,9 +395,7 @@ async fn authenticated(admin: &Admin, req: &Request<Incoming>, cx: &RequestCx) -
 /// State-changing requests made with a session cookie must carry the session's CSRF token
 /// (a page of another site can make the browser send the cookie, but cannot read the token).
 fn check_csrf(req: &Request<Incoming>, who: &Authenticated) -> Result<(), Problem> {
-    let Some(session) = &who.session else { return Ok(()) };
-    let sent = req.headers().get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if secret::constant_time_eq(sent, &session.csrf) {
+    if servente_auth::web::csrf_ok(req.headers(), who) {
         Ok(())
     } else {
         Err(Problem::new(StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token header"))

@@ -113,6 +113,55 @@ pub async fn authenticate(
         .unwrap_or_else(|e| Err(AuthError::Store(crate::StoreError::Backend(format!("the sign-in check failed: {e}")))))
 }
 
+/// Why a request to a protected resource is not let in, in HTTP terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub status: http::StatusCode,
+    pub message: &'static str,
+    /// Seconds, for 429.
+    pub retry_after: Option<u64>,
+    /// Answer with a Basic challenge (401 where Basic is accepted), so browsers and WebDAV
+    /// clients ask for a password.
+    pub challenge: bool,
+}
+
+/// Signs a request in for a role's user-facing resources: it must carry credentials, and a
+/// token must have the `user` scope. The refusal says what to answer.
+pub async fn sign_in_user(
+    dir: &Arc<Directory>,
+    headers: &HeaderMap,
+    client: &Client,
+    basic_over_plain: bool,
+) -> Result<Authenticated, Refusal> {
+    use http::StatusCode as S;
+    let basic_ok = client.tls || client.is_local() || basic_over_plain;
+    let refuse = |status, message, challenge| Refusal { status, message, retry_after: None, challenge: challenge && basic_ok };
+    match authenticate(dir, credentials(headers), client, basic_over_plain).await {
+        Ok(None) => Err(refuse(S::UNAUTHORIZED, "sign-in required", true)),
+        Ok(Some(a)) if !a.principal.has_scope("user") => Err(refuse(S::FORBIDDEN, "this token does not have the `user` scope", false)),
+        Ok(Some(a)) => Ok(a),
+        Err(AuthError::Throttled(left)) => Err(Refusal {
+            retry_after: Some(left.as_secs()),
+            ..refuse(S::TOO_MANY_REQUESTS, "too many failed sign-ins; try again later", false)
+        }),
+        Err(AuthError::BasicNeedsTls) => Err(refuse(S::FORBIDDEN, "Basic authentication is refused over plain HTTP; use HTTPS", false)),
+        Err(AuthError::Store(e)) => {
+            tracing::error!("sign-in check failed: {e}");
+            Err(refuse(S::INTERNAL_SERVER_ERROR, "sign-in is unavailable", false))
+        }
+        Err(_) => Err(refuse(S::UNAUTHORIZED, "wrong user name, password, token or session", true)),
+    }
+}
+
+/// Whether a state-changing request made with a session cookie carries the session's CSRF
+/// token (a page of another site can make the browser send the cookie, but cannot read the
+/// token). Requests without a session need none.
+pub fn csrf_ok(headers: &HeaderMap, who: &Authenticated) -> bool {
+    let Some(session) = &who.session else { return true };
+    let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+    crate::secret::constant_time_eq(sent, &session.csrf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -199,6 +199,24 @@ pub fn simple_response(status: StatusCode, text: &'static str) -> Response<Body>
     r
 }
 
+/// The answer to a refused sign-in: `message` as text, a Basic challenge for `realm`, and
+/// Retry-After in seconds.
+pub fn refused(status: StatusCode, message: &str, realm: Option<&str>, retry_after: Option<u64>) -> Response<Body> {
+    let mut resp = Response::new(Body::full(format!("{message}\n")));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    if let Some(realm) = realm
+        && let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
+    {
+        h.insert(header::WWW_AUTHENTICATE, v);
+    }
+    if let Some(s) = retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    resp
+}
+
 /// A redirect to `location` with an empty body.
 pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
     let mut r = Response::new(Body::empty());

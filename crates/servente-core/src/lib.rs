@@ -15,5 +15,5 @@ pub mod metrics;
 pub mod server;
 pub mod tls;
 
-pub use http::{Body, RequestCx, Router, redirect, simple_response};
+pub use http::{Body, RequestCx, Router, redirect, refused, simple_response};
 pub use server::{Bound, ListenerSpec, Server, Settings};

@@ -37,6 +37,8 @@ pub struct Caller {
     /// A PROPFIND naming its properties: dav-server would append every dead property to the
     /// named ones, so [`ServenteFs`] lists none (the named ones come through `get_prop`).
     pub named_props: bool,
+    /// Microseconds the request's upload spent in fsync (reported as `Server-Timing`).
+    pub sync_micros: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The three kinds of top folders.
@@ -331,7 +333,8 @@ impl GuardedFileSystem<Caller> for ServenteFs {
             let target = st.disk_path(path);
             let quota = node.quota_user().and_then(|u| st.quota(u).map(|q| (u.to_string(), q)));
             let used = node.quota_user().map(|u| st.used(u)).unwrap_or(0);
-            let upload = blocking(move || Upload::begin(st, target, options, quota, used)).await?;
+            let mut upload = blocking(move || Upload::begin(st, target, options, quota, used)).await?;
+            upload.sync_report = Some(c.sync_micros.clone());
             Ok(Box::new(upload) as Box<dyn DavFile>)
         }
         .boxed()
@@ -665,8 +668,8 @@ pub struct Upload {
     limit: Option<(u64, String)>,
     old_len: u64,
     committed: Option<Box<dyn DavMetaData>>,
-    /// Time spent in fsync, for the bench's report.
-    pub sync_time: std::time::Duration,
+    /// Where to report the time spent in fsync.
+    sync_report: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl fmt::Debug for Upload {
@@ -721,7 +724,7 @@ impl Upload {
             limit,
             old_len,
             committed: None,
-            sync_time: Default::default(),
+            sync_report: None,
         };
         if keep_old {
             std::fs::copy(&u.target, &u.tmp).map_err(io_err)?;
@@ -847,7 +850,9 @@ impl DavFile for Upload {
                 Ok((file.metadata().map_err(io_err)?, took))
             })
             .await?;
-            self.sync_time = took;
+            if let Some(r) = &self.sync_report {
+                r.store(took.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             if let Some((_, user)) = &self.limit {
                 self.st.add_usage(user, meta.len() as i64 - self.old_len as i64);
             } else if let Ok(rel) = self.target.strip_prefix(self.st.root.join("users"))
@@ -896,8 +901,10 @@ impl DavMetaData for VirtualDir {
     fn len(&self) -> u64 {
         0
     }
+    /// The listings change with the directory and config; their date is when servente started.
     fn modified(&self) -> FsResult<SystemTime> {
-        Ok(SystemTime::UNIX_EPOCH)
+        static STARTED: std::sync::OnceLock<SystemTime> = std::sync::OnceLock::new();
+        Ok(*STARTED.get_or_init(SystemTime::now))
     }
     fn is_dir(&self) -> bool {
         true

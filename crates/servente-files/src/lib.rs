@@ -28,8 +28,8 @@ use dav_server::{DavConfig, DavHandler};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use servente_auth::web::{Authenticated, authenticate, credentials};
-use servente_auth::{Acl, AuthError, Client, Directory, Level, Subject};
+use servente_auth::web::{Authenticated, sign_in_user};
+use servente_auth::{Acl, Client, Directory, Level, Subject};
 use servente_config::Config;
 use servente_core::{Body, RequestCx, simple_response};
 
@@ -131,38 +131,12 @@ impl FilesRole {
         let Some(dir) = &self.directory else {
             return Err(simple_response(StatusCode::SERVICE_UNAVAILABLE, "sign-in is unavailable: the user directory is not open\n"));
         };
-        let client = Self::client(cx);
-        let basic_ok = client.tls || client.is_local() || self.basic_over_plain_http;
-        let challenge = |text: &'static str| {
-            let mut r = simple_response(StatusCode::UNAUTHORIZED, text);
-            if basic_ok {
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"servente files\", charset=\"UTF-8\""));
-            }
-            r
-        };
-        match authenticate(dir, credentials(req.headers()), &client, self.basic_over_plain_http).await {
-            Ok(None) => Err(challenge("sign-in required\n")),
-            Ok(Some(a)) if !a.principal.has_scope("user") => {
-                Err(simple_response(StatusCode::FORBIDDEN, "this token does not have the `user` scope\n"))
-            }
-            Ok(Some(a)) => {
+        match sign_in_user(dir, req.headers(), &Self::client(cx), self.basic_over_plain_http).await {
+            Ok(a) => {
                 cx.user = Some(a.principal.user.clone());
                 Ok(a)
             }
-            Err(AuthError::Throttled(left)) => {
-                let mut r = simple_response(StatusCode::TOO_MANY_REQUESTS, "too many failed sign-ins; try again later\n");
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(left.as_secs()));
-                Err(r)
-            }
-            Err(AuthError::BasicNeedsTls) => {
-                Err(simple_response(StatusCode::FORBIDDEN, "Basic authentication is refused over plain HTTP; use HTTPS\n"))
-            }
-            Err(AuthError::Store(e)) => {
-                tracing::error!("sign-in check failed: {e}");
-                Err(simple_response(StatusCode::INTERNAL_SERVER_ERROR, "sign-in is unavailable\n"))
-            }
-            Err(_) => Err(challenge("wrong user name, password, token or session\n")),
+            Err(r) => Err(servente_core::refused(r.status, r.message, r.challenge.then_some("servente files"), r.retry_after)),
         }
     }
 
@@ -192,7 +166,8 @@ impl FilesRole {
             req.headers_mut().insert("x-litmus", HeaderValue::from_static("servente: propfind_infinity"));
         }
         let user = who.principal.user.clone();
-        let mut caller = Caller { who: Arc::new(who.principal), named_props: false };
+        let mut caller = Caller { who: Arc::new(who.principal), named_props: false, sync_micros: Default::default() };
+        let sync = caller.sync_micros.clone();
         let resp = if req.method().as_str() == "PROPFIND" {
             // The body is small (bounded by `max_propfind_body`); read it to see whether it names
             // its properties.
@@ -221,7 +196,15 @@ impl FilesRole {
         } else {
             handler.handle_guarded(req, user, caller).await
         };
-        resp.map(Body::stream)
+        let mut resp = resp.map(Body::stream);
+        let synced = sync.load(std::sync::atomic::Ordering::Relaxed);
+        if synced > 0
+            && let Ok(v) = HeaderValue::from_str(&format!("fsync;dur={:.3}", synced as f64 / 1000.0))
+        {
+            // How long the upload waited for the disk: what "on disk before 201" costs.
+            resp.headers_mut().insert("server-timing", v);
+        }
+        resp
     }
 }
 
@@ -310,6 +293,13 @@ fn check_request(req: &Request<Incoming>, max_xml: u64) -> Result<(), Response<B
             return Err(simple_response(StatusCode::BAD_REQUEST, "names may not contain control characters\n"));
         }
     }
+    if matches!(req.method().as_str(), "COPY" | "MOVE")
+        && let Some(dest) = req.headers().get("destination").and_then(|d| d.to_str().ok()?.parse::<http::Uri>().ok())
+        && into_itself(req.uri().path(), dest.path())
+    {
+        // dav-server would copy a folder into itself until the names grow too long.
+        return Err(simple_response(StatusCode::FORBIDDEN, "a folder cannot be copied or moved into itself\n"));
+    }
     let xml_method = matches!(req.method().as_str(), "PROPFIND" | "PROPPATCH" | "LOCK");
     if xml_method
         && let Some(n) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
@@ -318,6 +308,22 @@ fn check_request(req: &Request<Incoming>, max_xml: u64) -> Result<(), Response<B
         return Err(simple_response(StatusCode::PAYLOAD_TOO_LARGE, "the XML body is too large\n"));
     }
     Ok(())
+}
+
+/// Whether `dest` lies strictly inside `src` (both request paths, compared decoded and
+/// normalized).
+fn into_itself(src: &str, dest: &str) -> bool {
+    use dav_server::davpath::DavPath;
+    let (Ok(s), Ok(d)) = (DavPath::new(src), DavPath::new(dest)) else { return false };
+    let s = s
+        .as_rel_ospath()
+        .as_os_str()
+        .as_encoded_bytes()
+        .strip_suffix(b"/")
+        .unwrap_or(s.as_rel_ospath().as_os_str().as_encoded_bytes())
+        .to_vec();
+    let d = d.as_rel_ospath().as_os_str().as_encoded_bytes().to_vec();
+    d.len() > s.len() && d.starts_with(&s) && d[s.len()] == b'/'
 }
 
 fn finite_depth() -> Response<Body> {
@@ -331,9 +337,7 @@ fn finite_depth() -> Response<Body> {
 
 /// State-changing requests made with a session cookie must carry the session's CSRF token.
 pub(crate) fn check_csrf<B>(req: &Request<B>, who: &Authenticated) -> Result<(), Response<Body>> {
-    let Some(session) = &who.session else { return Ok(()) };
-    let sent = req.headers().get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if servente_auth::secret::constant_time_eq(sent, &session.csrf) {
+    if servente_auth::web::csrf_ok(req.headers(), who) {
         Ok(())
     } else {
         Err(simple_response(StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token header\n"))
@@ -344,4 +348,18 @@ pub(crate) fn check_csrf<B>(req: &Request<B>, who: &Authenticated) -> Result<(),
 pub(crate) async fn locked(path: &dav_server::davpath::DavPath, user: &str) -> bool {
     use dav_server::ls::DavLockSystem;
     locks().check(path, Some(user), false, false, &[]).await.is_err()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copying_into_itself_is_seen_through_encodings() {
+        assert!(into_itself("/f/dav/a", "/f/dav/a/b"));
+        assert!(into_itself("/f/dav/a/", "/f/dav/%61/b/"));
+        assert!(into_itself("/f/dav/a", "/f/dav/x/../a/b"));
+        assert!(!into_itself("/f/dav/a", "/f/dav/ab"));
+        assert!(!into_itself("/f/dav/a", "/f/dav/a"));
+    }
 }

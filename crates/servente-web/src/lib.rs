@@ -17,11 +17,11 @@ use std::collections::HashMap;
 use foldhash::fast::RandomState;
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use servente_apps::upstream::Upstream;
-use servente_auth::web::{authenticate, credentials};
-use servente_auth::{Acl, AuthError, Client, Directory, Level};
+use servente_auth::web::sign_in_user;
+use servente_auth::{Acl, Client, Directory, Level};
 use servente_config::{Config, ListenerRole};
 use servente_core::metrics::Metrics;
 use servente_core::{Body, RequestCx, simple_response};
@@ -190,40 +190,16 @@ impl WebRole {
             return Err(simple_response(StatusCode::SERVICE_UNAVAILABLE, "sign-in is unavailable: the user directory is not open\n"));
         };
         let client = Client { ip: cx.peer.map(|p| p.ip()), tls: cx.tls };
-        let basic_ok = client.tls || client.is_local() || self.auth.basic_over_plain_http;
-        let challenge = |text: &'static str| {
-            let mut r = simple_response(StatusCode::UNAUTHORIZED, text);
-            if basic_ok {
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"servente\", charset=\"UTF-8\""));
-            }
-            r
-        };
-        match authenticate(dir, credentials(req.headers()), &client, self.auth.basic_over_plain_http).await {
-            Ok(None) => Err(challenge("sign-in required\n")),
-            Ok(Some(a)) if !a.principal.has_scope("user") => {
-                Err(simple_response(StatusCode::FORBIDDEN, "this token does not have the `user` scope\n"))
-            }
-            Ok(Some(a)) if acl.allows(Some(&a.principal), Level::Read) => {
+        match sign_in_user(dir, req.headers(), &client, self.auth.basic_over_plain_http).await {
+            Ok(a) if acl.allows(Some(&a.principal), Level::Read) => {
                 cx.user = Some(a.principal.user);
                 Ok(())
             }
-            Ok(Some(a)) => {
+            Ok(a) => {
                 cx.user = Some(a.principal.user);
                 Err(simple_response(StatusCode::FORBIDDEN, "you are signed in but not allowed here\n"))
             }
-            Err(AuthError::Throttled(left)) => {
-                let mut r = simple_response(StatusCode::TOO_MANY_REQUESTS, "too many failed sign-ins; try again later\n");
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(left.as_secs()));
-                Err(r)
-            }
-            Err(AuthError::BasicNeedsTls) => {
-                Err(simple_response(StatusCode::FORBIDDEN, "Basic authentication is refused over plain HTTP; use HTTPS\n"))
-            }
-            Err(AuthError::Store(e)) => {
-                tracing::error!("sign-in check failed: {e}");
-                Err(simple_response(StatusCode::INTERNAL_SERVER_ERROR, "sign-in is unavailable\n"))
-            }
-            Err(_) => Err(challenge("wrong user name, password, token or session\n")),
+            Err(r) => Err(servente_core::refused(r.status, r.message, r.challenge.then_some("servente"), r.retry_after)),
         }
     }
 }
