@@ -220,7 +220,29 @@ impl Storage {
             depth += 1;
         }
         self.ensure_area(kind, name)?;
+        if depth > 0 {
+            self.refuse_links(raw)?;
+        }
         Ok(Node::Area { kind, name: name.to_string(), write, depth })
+    }
+
+    /// WebDAV cannot make symbolic links, but one placed on disk by hand could lead out of the
+    /// area (dav-server's local filesystem follows links): every existing component of the
+    /// path below the area must be a real file or folder. Listings hide links.
+    fn refuse_links(&self, rel: &[u8]) -> FsResult<()> {
+        let mut p = self.root.clone();
+        for (i, seg) in rel.split(|&b| b == b'/').filter(|s| !s.is_empty()).enumerate() {
+            p.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(seg));
+            if i < 2 {
+                continue;
+            }
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_symlink() => return Err(FsError::Forbidden),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        Ok(())
     }
 
     fn ensure_area(&self, kind: Kind, name: &str) -> FsResult<()> {

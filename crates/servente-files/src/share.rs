@@ -22,8 +22,32 @@ pub async fn handle(role: &FilesRole, mount: &str, link: &str, req: Request<Inco
     let (id, sub) = link.split_once('/').map(|(i, s)| (i, Some(s))).unwrap_or((link, None));
     let st = role.st.clone();
     let id2 = id.to_string();
-    let share = match tokio::task::spawn_blocking(move || st.db.share(&id2)).await {
-        Ok(Ok(Some(s))) if s.expires.is_none_or(|e| e > servente_auth::unix_now()) => s,
+    let dir = role.directory.clone();
+    let lookup = move || -> Result<Option<Share>, String> {
+        let Some(s) = st.db.share(&id2)? else { return Ok(None) };
+        if s.expires.is_some_and(|e| e <= servente_auth::unix_now()) {
+            return Ok(None);
+        }
+        // The link lends its owner's access: it stops working when the owner is disabled or
+        // removed, or can no longer read the place (left the group, folder rules changed).
+        let Some(dir) = dir else { return Ok(None) };
+        let Some(owner) = dir.store().user(&s.owner).map_err(|e| e.to_string())? else { return Ok(None) };
+        if owner.user.disabled {
+            return Ok(None);
+        }
+        let p = servente_auth::Principal {
+            user: owner.user.name,
+            groups: owner.user.groups,
+            method: servente_auth::Method::Password,
+            scopes: None,
+        };
+        let ok = crate::api::dav_path(&format!("/{}", s.path))
+            .ok()
+            .is_some_and(|d| matches!(st.resolve(&d, &p), Ok(crate::fs::Node::Area { .. })));
+        Ok(ok.then_some(s))
+    };
+    let share = match tokio::task::spawn_blocking(lookup).await {
+        Ok(Ok(Some(s))) => s,
         Ok(Ok(_)) => return page(StatusCode::NOT_FOUND, "Link not found", "<p>This link does not exist, has expired or was revoked.</p>"),
         _ => return page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "<p>The link could not be looked up.</p>"),
     };
