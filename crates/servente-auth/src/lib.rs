@@ -443,6 +443,12 @@ impl Directory {
     /// minute is accepted from memory while the account's password and state are unchanged,
     /// so that a WebDAV client does not pay a password hash per request.
     pub fn verify_basic(&self, user: &str, password: &str, client: &Client) -> Result<Principal, AuthError> {
+        // A token works as the password of its own user ("app passwords" for WebDAV clients,
+        // which only know Basic), with the token's scopes.
+        if secret::token_id(password).is_some() {
+            let p = self.authenticate_token(password)?;
+            return if p.user == user { Ok(p) } else { Err(AuthError::BadToken) };
+        }
         let key = secret::sha256_hex(&format!("{user}\0{password}"));
         if let Some(hit) = self.basic_cache.get(&key).map(|e| e.clone())
             && hit.1.elapsed() < Duration::from_secs(60)
@@ -640,6 +646,9 @@ mod tests {
         assert_eq!(p.user, "dave");
         assert!(p.has_scope("admin:read") && !p.has_scope("admin"));
         assert!(matches!(d.authenticate_token(&format!("{secret}x")), Err(AuthError::BadToken)));
+        let via_basic = d.verify_basic("dave", &secret, &local()).expect("a token is its user's app password");
+        assert!(via_basic.has_scope("admin:read") && !via_basic.has_scope("admin"), "with the token's scopes");
+        assert!(matches!(d.verify_basic("erin", &secret, &local()), Err(AuthError::BadToken)), "only for its own user");
         assert!(d.create_token(&a, "dave", "x", &["root".into()], None).is_err());
         d.revoke_token(&a, &t.id).expect("revoke");
         assert!(matches!(d.authenticate_token(&secret), Err(AuthError::BadToken)));
