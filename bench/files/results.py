@@ -28,6 +28,7 @@ OPS = [
     ("propfind-props", "PROPFIND Depth 1, named props"),
     ("propfind-allprop", "PROPFIND Depth 1, allprop"),
     ("tree", "rclone copy --transfers 8 of the tree"),
+    ("tree-curl", "the tree by curl, 8 connections"),
 ]
 PEER_LABELS = {
     "servente": "servente",

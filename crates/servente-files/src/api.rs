@@ -89,13 +89,21 @@ async fn route(role: &FilesRole, mount: &str, rest: &str, req: Request<Incoming>
             role.uploads.remove(id);
             Ok(json_response(StatusCode::OK, &json!({})))
         }
-        (&Method::GET, ["zip"]) => {
+        (&Method::GET | &Method::HEAD, ["zip"]) => {
             let path = query(&req, "path").ok_or_else(|| problem(StatusCode::BAD_REQUEST, "give ?path="))?;
             let (dav, node) = resolve(role, &p, &path)?;
             if matches!(node, Node::Root | Node::List(_)) {
                 return Err(problem(StatusCode::FORBIDDEN, "download the folders one by one"));
             }
-            Ok(crate::share::zip_response(role.st.disk_path(&dav), &path))
+            let disk = role.st.disk_path(&dav);
+            if !disk.exists() {
+                return Err(problem(StatusCode::NOT_FOUND, "no such file or folder"));
+            }
+            let mut r = crate::share::zip_response(disk, &path);
+            if method == Method::HEAD {
+                *r.body_mut() = Body::empty();
+            }
+            Ok(r)
         }
         _ => Err(problem(StatusCode::NOT_FOUND, "no such API endpoint")),
     }

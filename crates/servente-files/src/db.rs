@@ -50,6 +50,9 @@ pub struct Db {
 
 pub type DbResult<T> = Result<T, String>;
 
+/// A dead property: namespace, name, and its element as stored XML.
+pub type Prop = (String, String, Vec<u8>);
+
 fn err(e: rusqlite::Error) -> String {
     format!("file metadata store: {e}")
 }
@@ -80,11 +83,34 @@ impl Db {
             .map_err(err)
     }
 
-    pub fn props(&self, path: &[u8]) -> DbResult<Vec<(String, String, Vec<u8>)>> {
+    pub fn props(&self, path: &[u8]) -> DbResult<Vec<Prop>> {
         let c = self.conn();
         let mut st = c.prepare_cached("SELECT ns, name, xml FROM props WHERE path = ?1 ORDER BY ns, name").map_err(err)?;
         let rows = st.query_map([path], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    /// Dead properties of `path` and, with `children`, of the entries directly in it:
+    /// (path, namespace, name, xml).
+    pub fn props_under(&self, path: &[u8], children: bool) -> DbResult<Vec<(Vec<u8>, Prop)>> {
+        let c = self.conn();
+        let sql = if children {
+            format!("SELECT path, ns, name, xml FROM props WHERE {UNDER}")
+        } else {
+            "SELECT path, ns, name, xml FROM props WHERE path = ?1".into()
+        };
+        let mut st = c.prepare_cached(&sql).map_err(err)?;
+        let rows = st.query_map([path], |r| Ok((r.get::<_, Vec<u8>>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?)))).map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let row = row.map_err(err)?;
+            // Only the folder itself and its direct entries, not deeper ones.
+            let direct = row.0.len() == path.len() || !row.0[path.len() + 1..].contains(&b'/');
+            if direct {
+                out.push(row);
+            }
+        }
+        Ok(out)
     }
 
     pub fn prop(&self, path: &[u8], ns: &str, name: &str) -> DbResult<Option<Vec<u8>>> {

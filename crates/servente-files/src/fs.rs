@@ -669,6 +669,9 @@ fn temp_name(dir: &Path) -> PathBuf {
 /// Bytes gathered before they go to disk in one blocking call.
 const WRITE_BATCH: usize = 1 << 20;
 
+/// Bytes written between two fdatasync calls during an upload.
+const SYNC_EVERY: u64 = 16 << 20;
+
 /// A PUT in progress: bytes go to a temporary file beside the files root and replace the target
 /// only on [`DavFile::flush`], after fsync. Dropped before that (the client vanished, the body
 /// was short, the quota was hit), the temporary file is removed and the old version stays.
@@ -677,6 +680,9 @@ pub struct Upload {
     target: PathBuf,
     tmp: PathBuf,
     file: Option<std::fs::File>,
+    /// The batch being written; it holds the file meanwhile.
+    inflight: Option<tokio::task::JoinHandle<FsResult<std::fs::File>>>,
+    unsynced: u64,
     pending: Vec<Bytes>,
     pending_len: usize,
     /// Where the next byte goes.
@@ -737,6 +743,8 @@ impl Upload {
             target,
             tmp,
             file: Some(file),
+            inflight: None,
+            unsynced: 0,
             pending: Vec::new(),
             pending_len: 0,
             pos: 0,
@@ -758,26 +766,45 @@ impl Upload {
         Ok(u)
     }
 
-    /// Writes the gathered bytes at their offset, off the async threads.
-    async fn write_pending(&mut self) -> FsResult<()> {
-        if self.pending.is_empty() {
-            return Ok(());
+    /// Waits for the write in flight, if any (its error, such as a full disk, surfaces here).
+    async fn settle(&mut self) -> FsResult<()> {
+        if let Some(h) = self.inflight.take() {
+            self.file = Some(h.await.unwrap_or(Err(FsError::GeneralFailure))?);
         }
-        let chunks = std::mem::take(&mut self.pending);
-        let len = std::mem::take(&mut self.pending_len) as u64;
-        let Some(file) = self.file.take() else { return Err(FsError::GeneralFailure) };
-        let at = self.pos;
-        let file = blocking(move || {
-            let mut off = at;
-            for c in chunks {
-                file.write_all_at(&c, off).map_err(io_err)?;
-                off += c.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the gathered bytes at their offset on the blocking pool. The write runs while the
+    /// next bytes arrive (one batch in flight); every [`SYNC_EVERY`] bytes it also flushes the
+    /// file to disk, so the final fsync has little left to wait for.
+    async fn write_pending(&mut self, wait: bool) -> FsResult<()> {
+        if !self.pending.is_empty() {
+            self.settle().await?;
+            let chunks = std::mem::take(&mut self.pending);
+            let len = std::mem::take(&mut self.pending_len) as u64;
+            let file = self.file.take().ok_or(FsError::GeneralFailure)?;
+            let at = self.pos;
+            self.pos += len;
+            self.unsynced += len;
+            let sync = self.unsynced >= SYNC_EVERY;
+            if sync {
+                self.unsynced = 0;
             }
-            Ok(file)
-        })
-        .await?;
-        self.file = Some(file);
-        self.pos += len;
+            self.inflight = Some(tokio::task::spawn_blocking(move || {
+                let mut off = at;
+                for c in chunks {
+                    file.write_all_at(&c, off).map_err(io_err)?;
+                    off += c.len() as u64;
+                }
+                if sync {
+                    file.sync_data().map_err(io_err)?;
+                }
+                Ok(file)
+            }));
+        }
+        if wait {
+            self.settle().await?;
+        }
         Ok(())
     }
 
@@ -809,6 +836,7 @@ impl DavFile for Upload {
             if let Some(m) = &self.committed {
                 return Ok(m.clone());
             }
+            self.settle().await?;
             let f = self.file.as_ref().ok_or(FsError::GeneralFailure)?;
             Ok(Box::new(StdMeta(f.metadata().map_err(io_err)?)) as Box<dyn DavMetaData>)
         }
@@ -824,7 +852,7 @@ impl DavFile for Upload {
         async move {
             self.take(buf)?;
             if self.pending_len >= WRITE_BATCH {
-                self.write_pending().await?;
+                self.write_pending(false).await?;
             }
             Ok(())
         }
@@ -837,7 +865,7 @@ impl DavFile for Upload {
 
     fn seek(&mut self, pos: SeekFrom) -> FsFuture<'_, u64> {
         async move {
-            self.write_pending().await?;
+            self.write_pending(true).await?;
             self.pos = match pos {
                 SeekFrom::Start(n) => n,
                 SeekFrom::End(n) => self.end.checked_add_signed(n).ok_or(FsError::GeneralFailure)?,
@@ -860,7 +888,7 @@ impl DavFile for Upload {
                 // Short or long body: dav-server answers 400; the old file stays.
                 return Err(FsError::GeneralFailure);
             }
-            self.write_pending().await?;
+            self.write_pending(true).await?;
             let file = self.file.take().ok_or(FsError::GeneralFailure)?;
             let (tmp, target) = (self.tmp.clone(), self.target.clone());
             let (meta, took) = blocking(move || {

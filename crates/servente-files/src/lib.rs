@@ -12,7 +12,10 @@
 
 pub mod api;
 pub mod db;
+pub mod download;
 pub mod fs;
+pub mod locks;
+pub mod propfind;
 pub mod share;
 pub mod ui;
 pub mod uploads;
@@ -20,10 +23,9 @@ pub mod zip;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use dav_server::memls::MemLs;
 use dav_server::{DavConfig, DavHandler};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -36,9 +38,8 @@ use servente_core::{Body, RequestCx, simple_response};
 use crate::fs::{Caller, ServenteFs, Storage, StorageSettings};
 
 /// WebDAV locks live as long as the process, across config reloads (clients hold their tokens).
-fn locks() -> Box<MemLs> {
-    static LOCKS: OnceLock<Box<MemLs>> = OnceLock::new();
-    LOCKS.get_or_init(MemLs::new).clone()
+fn locks() -> Box<locks::Locks> {
+    Box::new(locks::shared())
 }
 
 /// The file role of one config generation.
@@ -139,7 +140,14 @@ impl FilesRole {
                 cx.user = Some(a.principal.user.clone());
                 Ok(a)
             }
-            Err(r) => Err(servente_core::refused(r.status, r.message, r.challenge.then_some("servente files"), r.retry_after)),
+            Err(r) => {
+                // The file manager's own requests (fetch, or anything with a session cookie)
+                // must not make the browser pop up its password dialog: no challenge for them.
+                let from_page = req.headers().get("sec-fetch-dest").is_some_and(|v| v == "empty")
+                    || servente_auth::web::session_cookie(req.headers()).is_some();
+                let realm = (r.challenge && !from_page).then_some("servente files");
+                Err(servente_core::refused(r.status, r.message, realm, r.retry_after))
+            }
         }
     }
 
@@ -171,6 +179,15 @@ impl FilesRole {
         let user = who.principal.user.clone();
         let mut caller = Caller { who: Arc::new(who.principal), named_props: false, sync_micros: Default::default() };
         let sync = caller.sync_micros.clone();
+        let head = req.method() == http::Method::HEAD;
+        let get = head || req.method() == http::Method::GET;
+        if get
+            && !download::needs_dav_server(req.headers())
+            && let Some(dav) = dav_path_under(mount, req.uri().path())
+            && let Some(r) = download::answer(&self.st, &caller, &dav, head).await
+        {
+            return sandboxed(r);
+        }
         let resp = if req.method().as_str() == "PROPFIND" {
             // The body is small (bounded by `max_propfind_body`); read it to see whether it names
             // its properties.
@@ -179,6 +196,17 @@ impl FilesRole {
                 Ok(b) => b.to_bytes(),
                 Err(_) => return simple_response(StatusCode::PAYLOAD_TOO_LARGE, "the XML body is too large or was cut off\n"),
             };
+            let depth1 = match parts.headers.get("depth").map(|d| d.as_bytes()) {
+                Some(b"0") => Some(false),
+                Some(b"1") => Some(true),
+                _ => None,
+            };
+            if let (Some(depth1), Some(want)) = (depth1, propfind::parse(&body))
+                && let Some(dav) = dav_path_under(mount, parts.uri.path())
+                && let Some(r) = propfind::answer(&self.st, &caller, &dav, parts.uri.path(), depth1, &want).await
+            {
+                return r;
+            }
             let named = requested_properties(&body);
             caller.named_props = named.is_some();
             let depth0 = parts.headers.get("depth").is_some_and(|d| d.as_bytes() == b"0");
@@ -200,6 +228,9 @@ impl FilesRole {
             handler.handle_guarded(req, user, caller).await
         };
         let mut resp = resp.map(Body::stream);
+        if get {
+            resp = sandboxed(resp);
+        }
         let synced = sync.load(std::sync::atomic::Ordering::Relaxed);
         if synced > 0
             && let Ok(v) = HeaderValue::from_str(&format!("fsync;dur={:.3}", synced as f64 / 1000.0))
@@ -209,6 +240,25 @@ impl FilesRole {
         }
         resp
     }
+}
+
+/// Files are served from the file manager's origin: an uploaded HTML page must not run
+/// scripts there (it could act with the session of whoever opens it).
+fn sandboxed(mut r: Response<Body>) -> Response<Body> {
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(FILE_CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    r
+}
+
+/// The policy for files served as they are: no scripts, a unique origin, their own images
+/// and media only.
+pub(crate) const FILE_CSP: &str = "sandbox; default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'";
+
+/// The WebDAV path of a request path under `MOUNTdav`.
+fn dav_path_under(mount: &str, path: &str) -> Option<dav_server::davpath::DavPath> {
+    let rest = path.strip_prefix(mount)?.strip_prefix("dav")?;
+    dav_server::davpath::DavPath::new(if rest.is_empty() { "/" } else { rest }).ok()
 }
 
 /// The properties a PROPFIND body names (`<prop>`, as namespace and name); `None` when it asks

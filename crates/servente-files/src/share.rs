@@ -3,14 +3,9 @@
 //! (a cookie derived from the stored hash, so it cannot be made without the server's data).
 //! Folders are listed as a plain page, and can be downloaded whole as a zip.
 
-use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use servente_core::{Body, RequestCx};
@@ -251,13 +246,10 @@ async fn file_response(disk: &Path, len: u64, name: &str, download: bool, head: 
     let body = if head {
         Body::empty()
     } else {
-        match tokio::fs::File::open(disk).await {
-            Ok(f) => {
-                Body::stream(http_body_util::StreamBody::new(futures_util::StreamExt::map(tokio_util_reader(f), |r: io::Result<Bytes>| {
-                    r.map(Frame::data)
-                })))
-            }
-            Err(_) => return page(StatusCode::NOT_FOUND, "Not found", "<p>The file is gone.</p>"),
+        let d = disk.to_path_buf();
+        match tokio::task::spawn_blocking(move || std::fs::File::open(d)).await {
+            Ok(Ok(f)) => crate::download::stream(f),
+            _ => return page(StatusCode::NOT_FOUND, "Not found", "<p>The file is gone.</p>"),
         }
     };
     let mut r = Response::new(body);
@@ -268,65 +260,20 @@ async fn file_response(disk: &Path, len: u64, name: &str, download: bool, head: 
     h.insert(header::CONTENT_DISPOSITION, disposition(if download { "attachment" } else { "inline" }, name));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     // A shared HTML file must not run scripts in this server's origin.
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'"),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(crate::FILE_CSP));
     r
 }
 
 fn mime_for(name: &str) -> &'static str {
-    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
-    match ext.as_str() {
-        "txt" | "md" | "csv" | "log" => "text/plain; charset=utf-8",
-        "pdf" => "application/pdf",
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "webp" => "image/webp",
-        "svg" => "image/svg+xml",
-        "mp4" => "video/mp4",
-        "webm" => "video/webm",
-        "mp3" => "audio/mpeg",
-        "ogg" => "audio/ogg",
-        "zip" => "application/zip",
-        _ => "application/octet-stream",
-    }
-}
-
-/// A file read in 256 KiB chunks as a stream.
-fn tokio_util_reader(f: tokio::fs::File) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
-    use tokio::io::AsyncReadExt;
-    futures_util::stream::unfold(Some(f), |f| async move {
-        let mut f = f?;
-        let mut buf = vec![0u8; 256 << 10];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), Some(f)))
-            }
-            Err(e) => Some((Err(e), None)),
-        }
-    })
+    name.rsplit_once('.').and_then(|(_, ext)| mime_guess::from_ext(ext).first_raw()).unwrap_or("application/octet-stream")
 }
 
 /// A zip of a folder (or of one file), streamed as it is built.
 pub fn zip_response(disk: PathBuf, path: &str) -> Response<Body> {
     let name = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("files").to_string();
     let rx = if disk.is_dir() { crate::zip::stream_dir(disk, name.clone()) } else { crate::zip::stream_file(disk, name.clone()) };
-    let mut r = Response::new(Body::stream(RxBody(rx)));
+    let mut r = Response::new(Body::stream(crate::download::ChannelBody(rx)));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
     r.headers_mut().insert(header::CONTENT_DISPOSITION, disposition("attachment", &format!("{name}.zip")));
     r
-}
-
-struct RxBody(tokio::sync::mpsc::Receiver<io::Result<Bytes>>);
-
-impl http_body::Body for RxBody {
-    type Data = Bytes;
-    type Error = io::Error;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
-    }
 }

@@ -118,6 +118,7 @@ function fail(err) {
  */
 function openDialog({ title, body = [], ok = 'OK', danger = false, check = null, cancel = 'Cancel' }) {
   const dlg = $('#dialog');
+  if (dlg.open) dlg.close(); // the one before counts as cancelled
   return new Promise(resolve => {
     const error = h('p', { class: 'form-error', id: 'dialog-error', role: 'alert' });
     const form = h('form', { method: 'dialog', novalidate: true },
@@ -183,6 +184,9 @@ class NetError extends Error {
 }
 
 let session = null; // {user, groups, csrf, home, areas, quota}
+/** When the server last answered as signed in (see ensureSession). */
+let lastOk = 0;
+const STALE = 60_000;
 
 async function api(method, path, body, { signin = false } = {}) {
   const headers = { Accept: 'application/json' };
@@ -203,7 +207,10 @@ async function api(method, path, body, { signin = false } = {}) {
   if (text) {
     try { data = JSON.parse(text); } catch { data = res.ok ? null : { error: `The server answered ${res.status}.` }; }
   }
-  if (res.ok) return data;
+  if (res.ok) {
+    lastOk = Date.now();
+    return data;
+  }
   const err = new ApiError(res.status, data, res.headers.get('Retry-After'));
   if (res.status === 401 && !signin) {
     err.handled = true;
@@ -231,7 +238,18 @@ function davMessage(status, what = '') {
   return what ? `${what}: ${m}` : m;
 }
 
+/**
+ * WebDAV answers a request without a valid session with a Basic challenge, which makes the
+ * browser pop up its own password dialog. So when the session may have ended meanwhile (nothing
+ * answered for a minute: a tab left open), ask the JSON API first, which answers plain 401.
+ */
+async function ensureSession() {
+  if (Date.now() - lastOk < STALE) return;
+  await api('GET', 'session');
+}
+
 async function dav(method, path, { headers = {}, body, what = '' } = {}) {
+  await ensureSession();
   const hs = { ...headers };
   if (!['GET', 'HEAD', 'OPTIONS', 'PROPFIND'].includes(method) && session) hs['X-CSRF-Token'] = session.csrf;
   let res;
@@ -240,7 +258,10 @@ async function dav(method, path, { headers = {}, body, what = '' } = {}) {
   } catch {
     throw new ApiError(0, { error: davMessage(0, what) });
   }
-  if (res.ok || res.status === 207) return res;
+  if (res.ok || res.status === 207) {
+    lastOk = Date.now();
+    return res;
+  }
   let msg = davMessage(res.status, what);
   // servente's own refusals (not dav-server's) come with a one-line text reason.
   if ((res.headers.get('Content-Type') || '').startsWith('text/plain')) {
@@ -311,8 +332,18 @@ function signedOut(message) {
   session = null;
   const dlg = $('#dialog');
   if (dlg.open) dlg.close();
-  for (const u of uploads) u.stop();
+  forgetUploads();
   showSignin(message);
+}
+
+/** Stops and forgets the uploads of the page (a chunked one can be resumed after signing in). */
+function forgetUploads() {
+  queue.length = 0;
+  for (const u of uploads) { u.cancelled = true; u.stop(); }
+  uploads.length = 0;
+  madeDirs.clear();
+  $('#upload-list').replaceChildren();
+  $('#uploads').hidden = true;
 }
 
 function showApp() {
@@ -356,12 +387,16 @@ function refreshSession() {
 
 const KIND_ICON = { users: 'home', groups: 'group', shared: 'folder' };
 
+let areasShown = '';
 function renderAreas() {
   const list = $('#areas');
+  const key = JSON.stringify(session.areas || []);
+  if (key === areasShown && list.children.length) { markNav(); return; }
+  areasShown = key;
   list.replaceChildren(...(session.areas || []).map(a =>
     h('li', {}, h('a', { class: 'area-link', href: hashFor(a.path), 'data-area': a.path },
       icon(KIND_ICON[a.kind] || 'folder'), h('span', { class: 'area-name' }, a.name),
-      !a.write && h('span', { class: 'badge', title: 'Read-only for you' }, 'read-only')))));
+      !a.write && h('span', { class: 'ico ico-lock ro', role: 'img', 'aria-label': '(read-only)', title: 'Read-only for you' })))));
   markNav();
 }
 
@@ -456,6 +491,7 @@ async function openFolder(path) {
       .map(a => ({ name: a.name, path: a.path, dir: true, size: null, modified: null, area: a }));
     renderRows();
     table.dataset.state = 'ready';
+    if (changed) focusAfterNavigation();
     return;
   }
   try {
@@ -464,12 +500,21 @@ async function openFolder(path) {
     entries = list;
     renderRows();
     table.dataset.state = 'ready';
+    if (changed) focusAfterNavigation();
   } catch (e) {
     if (seq !== listSeq) return;
     entries = [];
     table.dataset.state = 'error';
     tbody.replaceChildren(h('tr', { class: 'empty error' }, h('td', { colspan: 4 }, e.message)));
   }
+}
+
+/** After opening a folder from a link that is gone now, keyboard focus goes to the new listing. */
+function focusAfterNavigation() {
+  const a = document.activeElement;
+  if (a && a !== document.body && a.isConnected) return;
+  const first = $('#listing tbody a.name-link');
+  (first || $('#main')).focus({ preventScroll: true });
 }
 
 /** Lists the open folder again (after a change), keeping the scroll position. */
@@ -788,6 +833,10 @@ function updateUploadsPanel() {
   const any = uploads.length > 0 || !$('#uploads-pending').hidden;
   $('#uploads').hidden = !any;
   $('#uploads-clear').hidden = !uploads.some(u => u.finished);
+  const done = uploads.filter(u => u.state === 'done').length;
+  const failed = uploads.filter(u => u.state === 'error').length;
+  $('#uploads-count').textContent = uploads.length
+    ? `${done} of ${uploads.length} done${failed ? `, ${failed} failed` : ''}` : '';
 }
 
 /** XMLHttpRequest as a promise, for its upload progress events. */
@@ -836,6 +885,7 @@ class Upload {
     this.state = state;
     this.el.dataset.state = state;
     if (text != null) this.status.textContent = text;
+    updateUploadsPanel();
   }
 
   progress(n) {
@@ -900,6 +950,8 @@ class Upload {
   /** One PUT (small files), tried again after a network failure. */
   async put() {
     for (let attempt = 0; ; attempt++) {
+      this.checkCancelled();
+      await ensureSession();
       let r;
       try {
         r = await xhr('PUT', davUrl(this.path), {
@@ -911,7 +963,7 @@ class Upload {
         await this.backoff(attempt);
         continue;
       }
-      if (r.status >= 200 && r.status < 300) return;
+      if (r.status >= 200 && r.status < 300) { lastOk = Date.now(); return; }
       throw this.failure(r);
     }
   }
@@ -928,10 +980,14 @@ class Upload {
     return Object.assign(new Error(msg.replace(/\.?$/, '.')), { status: r.status, final: r.status === 507 || r.status === 403 });
   }
 
+  checkCancelled() {
+    if (this.cancelled) throw Object.assign(new Error('Cancelled.'), { cancelled: true });
+  }
+
   async backoff(attempt) {
     const secs = Math.min(30, 2 ** attempt);
     for (let left = secs; left > 0; left--) {
-      if (this.cancelled) throw Object.assign(new Error('Cancelled.'), { cancelled: true });
+      this.checkCancelled();
       this.setState('retrying', `Connection lost; trying again in ${left} s…`);
       await sleep(1000);
     }
@@ -975,6 +1031,7 @@ class Upload {
     this.progress(offset);
     let failures = 0;
     for (;;) {
+      this.checkCancelled();
       const end = Math.min(offset + CHUNK, size);
       const start = offset;
       let r;
@@ -985,6 +1042,7 @@ class Upload {
         });
       } catch (e) {
         if (!(e instanceof NetError)) throw e;
+        this.progress(start); // what the server has acknowledged
         if (++failures > MAX_RETRIES) {
           throw new Error('The connection keeps failing. Upload the same file again later to resume where it stopped.');
         }
@@ -1002,6 +1060,7 @@ class Upload {
         this.progress(offset);
         continue;
       }
+      if (r.status < 300) lastOk = Date.now();
       if (r.status === 201) break;
       if (r.status === 200 && r.data && Number.isFinite(r.data.offset)) { offset = r.data.offset; failures = 0; this.progress(offset); continue; }
       if (r.status === 409 && r.data && Number.isFinite(r.data.offset)) { offset = r.data.offset; this.progress(offset); continue; }
@@ -1179,8 +1238,7 @@ function wire() {
     if (uploads.some(u => !u.finished) &&
       !await confirmDialog('Sign out?', 'Uploads are still running; signing out stops them.', 'Sign out')) return;
     try { await api('DELETE', 'session'); } catch (e) { if (!e.handled && e.status !== 401) { fail(e); return; } }
-    for (const u of uploads) u.stop();
-    queue.length = 0;
+    forgetUploads();
     session = null;
     cwd = null;
     entries = [];
@@ -1200,7 +1258,7 @@ function wire() {
   }
   $('#uploads-clear').addEventListener('click', () => {
     for (let i = uploads.length - 1; i >= 0; i--) {
-      if (uploads[i].finished && uploads[i].state !== 'error') { uploads[i].el.remove(); uploads.splice(i, 1); }
+      if (uploads[i].finished) { uploads[i].el.remove(); uploads.splice(i, 1); }
     }
     updateUploadsPanel();
   });
@@ -1258,6 +1316,12 @@ function wire() {
   });
 
   window.addEventListener('hashchange', () => route());
+  // Back to a tab left open: is the session still there? (Signs out cleanly if not.)
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible' && session && Date.now() - lastOk >= STALE) {
+      api('GET', 'session').then(s => { if (session) { session = { ...s, csrf: s.csrf || session.csrf }; renderQuota(); } }, () => {});
+    }
+  });
 }
 
 async function start() {
