@@ -937,6 +937,18 @@ impl DavMetaData for StdMeta {
     fn created(&self) -> FsResult<SystemTime> {
         self.0.created().or_else(|_| self.0.modified()).map_err(io_err)
     }
+    /// The same tag as dav-server's local filesystem (Apache's: inode, size, mtime), so ETags
+    /// from either path match in If headers.
+    fn etag(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let t = self.0.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+        let t = t.as_secs() * 1_000_000 + t.subsec_nanos() as u64 / 1000;
+        Some(if self.0.is_file() {
+            format!("{:x}-{:x}-{:x}", self.0.ino(), self.0.len(), t)
+        } else {
+            format!("{:x}-{:x}", self.0.ino(), t)
+        })
+    }
     fn executable(&self) -> FsResult<bool> {
         use std::os::unix::fs::PermissionsExt;
         Ok(self.0.is_file() && self.0.permissions().mode() & 0o100 != 0)
