@@ -122,7 +122,7 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, St
 
 pub(crate) fn query<B>(req: &Request<B>, key: &str) -> Option<String> {
     let q = req.uri().query()?;
-    q.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| {
+    q.split('&').map(|kv| kv.split_once('=').unwrap_or((kv, ""))).find(|(k, _)| *k == key).map(|(_, v)| {
         let v = v.replace('+', " ");
         percent_encoding::percent_decode_str(&v).decode_utf8_lossy().into_owned()
     })

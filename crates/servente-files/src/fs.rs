@@ -106,6 +106,8 @@ pub struct Storage {
     folders: Vec<Folder>,
     /// Bytes in each home, counted once by walking it, then kept up to date by every change.
     usage: Mutex<HashMap<String, u64>>,
+    /// Bytes promised to uploads in progress, per user.
+    reserved: Mutex<HashMap<String, u64>>,
     /// Area folders known to exist (created on first use).
     made: Mutex<HashSet<(Kind, String)>>,
 }
@@ -147,6 +149,7 @@ impl Storage {
             group_folders: s.group_folders,
             folders: s.folders,
             usage: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(HashMap::new()),
             made: Mutex::new(HashSet::new()),
         })
     }
@@ -164,6 +167,28 @@ impl Storage {
         }
         let total = tree_size(&self.root.join("users").join(user));
         *self.usage.lock().unwrap_or_else(|p| p.into_inner()).entry(user.to_string()).or_insert(total)
+    }
+
+    /// Promises `n` more bytes of `user`'s quota `q` to an upload, if they are free.
+    fn try_reserve(&self, user: &str, n: u64, q: u64) -> bool {
+        let used = self.used(user);
+        let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        let held = r.entry(user.to_string()).or_insert(0);
+        if used.saturating_add(*held).saturating_add(n) > q {
+            return false;
+        }
+        *held += n;
+        true
+    }
+
+    fn release(&self, user: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = r.get_mut(user) {
+            *held = held.saturating_sub(n);
+        }
     }
 
     pub(crate) fn add_usage(&self, user: &str, delta: i64) {
@@ -354,8 +379,7 @@ impl GuardedFileSystem<Caller> for ServenteFs {
             let st = self.st.clone();
             let target = st.disk_path(path);
             let quota = node.quota_user().and_then(|u| st.quota(u).map(|q| (u.to_string(), q)));
-            let used = node.quota_user().map(|u| st.used(u)).unwrap_or(0);
-            let mut upload = blocking(move || Upload::begin(st, target, options, quota, used)).await?;
+            let mut upload = blocking(move || Upload::begin(st, target, options, quota)).await?;
             upload.sync_report = Some(c.sync_micros.clone());
             Ok(Box::new(upload) as Box<dyn DavFile>)
         }
@@ -669,8 +693,8 @@ fn temp_name(dir: &Path) -> PathBuf {
 /// Bytes gathered before they go to disk in one blocking call.
 const WRITE_BATCH: usize = 1 << 20;
 
-/// Bytes written between two fdatasync calls during an upload.
-const SYNC_EVERY: u64 = 16 << 20;
+/// Bytes written between two writeback hints during an upload.
+const SYNC_EVERY: u64 = 8 << 20;
 
 /// A PUT in progress: bytes go to a temporary file beside the files root and replace the target
 /// only on [`DavFile::flush`], after fsync. Dropped before that (the client vanished, the body
@@ -692,8 +716,11 @@ pub struct Upload {
     /// Size of the file being built (the old content counts for partial writes).
     end: u64,
     expected: Option<u64>,
-    /// The largest file the owner's quota leaves room for, and the owner.
-    limit: Option<(u64, String)>,
+    /// The home's owner and quota, when one applies.
+    quota: Option<(String, u64)>,
+    /// Growth over the old file reserved against the quota (so concurrent uploads cannot
+    /// together pass it).
+    reserved: u64,
     old_len: u64,
     committed: Option<Box<dyn DavMetaData>>,
     /// Where to report the time spent in fsync.
@@ -707,7 +734,7 @@ impl fmt::Debug for Upload {
 }
 
 impl Upload {
-    fn begin(st: Arc<Storage>, target: PathBuf, o: OpenOptions, quota: Option<(String, u64)>, used: u64) -> FsResult<Upload> {
+    fn begin(st: Arc<Storage>, target: PathBuf, o: OpenOptions, quota: Option<(String, u64)>) -> FsResult<Upload> {
         let old = match std::fs::symlink_metadata(&target) {
             Ok(m) if m.is_dir() => return Err(FsError::Forbidden),
             Ok(m) => Some(m),
@@ -725,14 +752,7 @@ impl Upload {
             _ => return Err(FsError::NotFound),
         }
         let old_len = old.as_ref().map(|m| m.len()).unwrap_or(0);
-        let limit = quota.map(|(u, q)| (q.saturating_sub(used.saturating_sub(old_len)), u));
         let keep_old = old.is_some() && !o.truncate;
-        if let (Some((room, _)), Some(size)) = (&limit, o.size)
-            && !keep_old
-            && size > *room
-        {
-            return Err(FsError::InsufficientStorage);
-        }
         let tmp = temp_name(&st.tmp);
         let mut opts = std::fs::OpenOptions::new();
         opts.read(true).write(true).create_new(true);
@@ -751,11 +771,18 @@ impl Upload {
             received: 0,
             end: 0,
             expected: o.size,
-            limit,
+            quota,
+            reserved: 0,
             old_len,
             committed: None,
             sync_report: None,
         };
+        // A declared size is reserved at once: an upload that cannot fit fails before its body.
+        if let Some(size) = o.size
+            && !keep_old
+        {
+            u.reserve(size)?;
+        }
         if keep_old {
             std::fs::copy(&u.target, &u.tmp).map_err(io_err)?;
             u.end = old_len;
@@ -775,8 +802,9 @@ impl Upload {
     }
 
     /// Writes the gathered bytes at their offset on the blocking pool. The write runs while the
-    /// next bytes arrive (one batch in flight); every [`SYNC_EVERY`] bytes it also flushes the
-    /// file to disk, so the final fsync has little left to wait for.
+    /// next bytes arrive (one batch in flight); every [`SYNC_EVERY`] bytes it also asks the
+    /// kernel to start writing them to disk without waiting (`posix_fadvise(DONTNEED)` starts
+    /// writeback on Linux), so the final fsync has little left to wait for.
     async fn write_pending(&mut self, wait: bool) -> FsResult<()> {
         if !self.pending.is_empty() {
             self.settle().await?;
@@ -786,8 +814,8 @@ impl Upload {
             let at = self.pos;
             self.pos += len;
             self.unsynced += len;
-            let sync = self.unsynced >= SYNC_EVERY;
-            if sync {
+            let sync = (self.unsynced >= SYNC_EVERY).then(|| (at + len - self.unsynced, self.unsynced));
+            if sync.is_some() {
                 self.unsynced = 0;
             }
             self.inflight = Some(tokio::task::spawn_blocking(move || {
@@ -796,8 +824,9 @@ impl Upload {
                     file.write_all_at(&c, off).map_err(io_err)?;
                     off += c.len() as u64;
                 }
-                if sync {
-                    file.sync_data().map_err(io_err)?;
+                if let Some((from, n)) = sync {
+                    // A hint: if it fails, the final fsync does all the work.
+                    let _ = rustix::fs::fadvise(&file, from, std::num::NonZeroU64::new(n), rustix::fs::Advice::DontNeed);
                 }
                 Ok(file)
             }));
@@ -811,19 +840,33 @@ impl Upload {
     fn take(&mut self, b: Bytes) -> FsResult<()> {
         self.received += b.len() as u64;
         self.end = self.end.max(self.pos + self.pending_len as u64 + b.len() as u64);
-        if let Some((room, _)) = &self.limit
-            && self.end > *room
-        {
-            return Err(FsError::InsufficientStorage);
-        }
+        self.reserve(self.end)?;
         self.pending_len += b.len();
         self.pending.push(b);
         Ok(())
     }
 }
 
+impl Upload {
+    /// Makes sure the quota has room for a file of `end` bytes (replacing the old one).
+    fn reserve(&mut self, end: u64) -> FsResult<()> {
+        let Some((user, q)) = &self.quota else { return Ok(()) };
+        let need = end.saturating_sub(self.old_len);
+        if need > self.reserved {
+            if !self.st.try_reserve(user, need - self.reserved, *q) {
+                return Err(FsError::InsufficientStorage);
+            }
+            self.reserved = need;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Upload {
     fn drop(&mut self) {
+        if let Some((user, _)) = &self.quota {
+            self.st.release(user, self.reserved);
+        }
         if self.committed.is_none() {
             let _ = std::fs::remove_file(&self.tmp);
         }
@@ -903,8 +946,9 @@ impl DavFile for Upload {
             if let Some(r) = &self.sync_report {
                 r.store(took.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
             }
-            if let Some((_, user)) = &self.limit {
+            if let Some((user, _)) = &self.quota {
                 self.st.add_usage(user, meta.len() as i64 - self.old_len as i64);
+                self.st.release(user, std::mem::take(&mut self.reserved));
             } else if let Ok(rel) = self.target.strip_prefix(self.st.root.join("users"))
                 && let Some(user) = rel.iter().next().and_then(|u| u.to_str())
             {

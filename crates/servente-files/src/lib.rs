@@ -14,6 +14,7 @@ pub mod api;
 pub mod db;
 pub mod download;
 pub mod fs;
+pub mod guard;
 pub mod locks;
 pub mod propfind;
 pub mod share;
@@ -168,13 +169,18 @@ impl FilesRole {
         if let Err(r) = check_request(&req, self.max_xml) {
             return r;
         }
-        if req.method().as_str() == "PROPFIND" && req.headers().get("depth").is_some_and(|d| d.as_bytes().eq_ignore_ascii_case(b"infinity"))
+        // No Depth on a PROPFIND means infinity (RFC 4918 section 9.1).
+        if req.method().as_str() == "PROPFIND" && req.headers().get("depth").is_none_or(|d| d.as_bytes().eq_ignore_ascii_case(b"infinity"))
         {
             if !self.propfind_infinity {
                 return finite_depth();
             }
             // dav-server answers Depth: infinity only for its test client; this is the switch.
             req.headers_mut().insert("x-litmus", HeaderValue::from_static("servente: propfind_infinity"));
+            req.headers_mut().insert("depth", HeaderValue::from_static("infinity"));
+        }
+        if let Err(r) = guard::check(&self.st, &who.principal, mount, &req).await {
+            return r;
         }
         let user = who.principal.user.clone();
         let mut caller = Caller { who: Arc::new(who.principal), named_props: false, sync_micros: Default::default() };
@@ -256,7 +262,7 @@ fn sandboxed(mut r: Response<Body>) -> Response<Body> {
 pub(crate) const FILE_CSP: &str = "sandbox; default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'";
 
 /// The WebDAV path of a request path under `MOUNTdav`.
-fn dav_path_under(mount: &str, path: &str) -> Option<dav_server::davpath::DavPath> {
+pub(crate) fn dav_path_under(mount: &str, path: &str) -> Option<dav_server::davpath::DavPath> {
     let rest = path.strip_prefix(mount)?.strip_prefix("dav")?;
     dav_server::davpath::DavPath::new(if rest.is_empty() { "/" } else { rest }).ok()
 }
@@ -332,18 +338,25 @@ fn report_missing(requested: &[(String, String)], xml: &[u8]) -> Option<Vec<u8>>
 /// names (they break listings, logs and other clients), a Destination outside this server's
 /// WebDAV space, oversized XML bodies.
 fn check_request(req: &Request<Incoming>, max_xml: u64) -> Result<(), Response<Body>> {
-    let bad = |p: &str| {
-        percent_encoding::percent_decode_str(p).any(|b| b < 0x20 || b == 0x7f) || p.split('/').any(|s| s.eq_ignore_ascii_case("%2e%2e"))
+    let bad = |p: &str| percent_encoding::percent_decode_str(p).any(|b| b < 0x20 || b == 0x7f);
+    let dots = |p: &str| {
+        p.split('/').any(|s| {
+            let s = percent_encoding::percent_decode_str(s).decode_utf8_lossy();
+            s == "." || s == ".."
+        })
     };
     if bad(req.uri().path()) {
         return Err(simple_response(StatusCode::BAD_REQUEST, "names may not contain control characters\n"));
+    }
+    if dots(req.uri().path()) {
+        return Err(simple_response(StatusCode::BAD_REQUEST, "paths may not contain `.` or `..` segments\n"));
     }
     if let Some(d) = req.headers().get("destination") {
         let Some(d) = d.to_str().ok().and_then(|d| d.parse::<http::Uri>().ok()) else {
             return Err(simple_response(StatusCode::BAD_REQUEST, "the Destination header is not a URL\n"));
         };
-        if bad(d.path()) {
-            return Err(simple_response(StatusCode::BAD_REQUEST, "names may not contain control characters\n"));
+        if bad(d.path()) || dots(d.path()) {
+            return Err(simple_response(StatusCode::BAD_REQUEST, "the Destination has control characters or `.` or `..` segments\n"));
         }
     }
     if matches!(req.method().as_str(), "COPY" | "MOVE")

@@ -8,8 +8,8 @@
 //! Every server listens on 127.0.0.1 with port 0 and has its own data folder; every external
 //! command runs with a time limit and is killed (by its pid) when it overruns or the test ends.
 //!
-//! Tests named `bug_*` show server bugs found while writing these tests: they fail until the
-//! server is fixed, and each one's comment says what is sent, what comes back and what should.
+//! Tests whose comment starts "Was a bug" guard against server bugs found while writing these
+//! tests (all fixed): each says what is sent and what must come back.
 
 mod common;
 
@@ -700,13 +700,13 @@ fn quota_overflow_is_507_and_leaves_the_old_file() {
     dav.put_ok(BOB, "/users/bob/c.bin", &noise(300_000, 7));
 }
 
-/// BUG: two PUTs running at the same time are each checked against the usage at their start, so
+/// Was a bug, fixed: two PUTs running at the same time are each checked against the usage at their start, so
 /// together they exceed the quota. bob (quota 1 MiB, empty home) sends two 700,000-byte PUTs
 /// on two connections, both started before either ends: both get 201 and bob holds 1,400,000
 /// bytes (PROPFIND then says quota-used-bytes 1400000, quota-available-bytes 0). Expected: the
 /// second one to finish gets 507 (the room must be reserved, or checked again at the commit).
 #[test]
-fn bug_concurrent_puts_exceed_the_quota() {
+fn concurrent_puts_share_the_quota() {
     let dav = Dav::start("quotas = { bob = \"1 MiB\" }");
     let addr = dav.server.addr("web");
     let auth = base64(format!("{}:{}", BOB.0, BOB.1).as_bytes());
@@ -736,21 +736,17 @@ fn bug_concurrent_puts_exceed_the_quota() {
     let used = dav_prop(&r.text(), "quota-used-bytes");
     assert!(
         stored <= 1 << 20 && statuses.contains(&507),
-        "BUG: two concurrent 700,000-byte PUTs in a 1 MiB quota: statuses {statuses:?}, {stored} bytes stored, quota-used-bytes {used:?}"
+        "two concurrent 700,000-byte PUTs in a 1 MiB quota: statuses {statuses:?}, {stored} bytes stored, quota-used-bytes {used:?}"
     );
 }
 
-/// BUG: the RFC 4331 properties are wrong outside a home's folders.
-/// 1. On a file in a home, `quota-used-bytes` is the file's size and `quota-available-bytes` is
-///    the quota minus the file's size: `PROPFIND /files/dav/users/bob/a.bin` (Depth 0, naming
-///    both) for bob (quota 1 MiB) holding a.bin (300,000 B) and b.bin (600,000 B) gives
-///    300000 / 748576, while only 148576 bytes can still be stored. Expected: the home's
-///    values (900000 / 148576), or 404 for both (RFC 4331 defines them on collections).
-/// 2. On a group folder, which has no quota, they are the folder's inode size and the caller's
-///    home quota minus it: 4096 / 10481664 for alice (quota 10 MiB). Expected: 404 for both (no
-///    quota applies), or the folder's real usage.
+/// RFC 4331 properties exist where a quota applies: a home's folders. On a file in a home they
+/// are either absent (404) or the home's values; on a group folder (no quota) absent or its
+/// real usage. (Until servente answered PROPFIND itself, a file reported its own size as
+/// quota-used-bytes and quota minus its size as quota-available-bytes, and a group folder its
+/// inode size and the caller's quota minus that.)
 #[test]
-fn bug_quota_properties_of_files_and_group_folders_are_wrong() {
+fn quota_properties_only_where_a_quota_applies() {
     let dav = Dav::start("quota = \"10 MiB\"\nquotas = { bob = \"1 MiB\" }");
     dav.put_ok(BOB, "/users/bob/a.bin", &noise(300_000, 1));
     dav.put_ok(BOB, "/users/bob/b.bin", &noise(600_000, 2));
@@ -768,7 +764,7 @@ fn bug_quota_properties_of_files_and_group_folders_are_wrong() {
     if got.0.is_some() && got.0 != Some("1000".into()) {
         failures.push(format!("the staff group folder (1000 bytes, no quota) reports used/available {got:?}"));
     }
-    assert!(failures.is_empty(), "BUG: wrong RFC 4331 properties:\n{}", failures.join("\n"));
+    assert!(failures.is_empty(), "wrong RFC 4331 properties:\n{}", failures.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -913,13 +909,13 @@ fn propfind_depth_infinity_is_refused_unless_enabled() {
     }
 }
 
-/// BUG: PROPFIND without a Depth header leaves out the resource asked for. RFC 4918 9.1: no
+/// Was a bug, fixed: PROPFIND without a Depth header leaves out the resource asked for. RFC 4918 9.1: no
 /// Depth means infinity, so either 403 with `propfind-finite-depth` (as `Depth: infinity` gets)
 /// or a multistatus that starts with the resource itself. `PROPFIND /files/dav/users/alice/`
 /// without Depth answers 207 listing only the children, and for an empty folder an empty
 /// `<D:multistatus>` — clients take that as "not found" or crash.
 #[test]
-fn bug_propfind_without_depth_leaves_out_the_resource() {
+fn propfind_without_depth_is_infinity() {
     let dav = Dav::start("");
     dav.mkcol_ok(ALICE, "/users/alice/empty/");
     dav.mkcol_ok(ALICE, "/users/alice/full/");
@@ -932,7 +928,7 @@ fn bug_propfind_without_depth_leaves_out_the_resource() {
             failures.push(format!("PROPFIND {path} without Depth: {} {}", r.status, r.text()));
         }
     }
-    assert!(failures.is_empty(), "BUG: PROPFIND without Depth omits the resource:\n{}", failures.join("\n"));
+    assert!(failures.is_empty(), "PROPFIND without Depth omits the resource:\n{}", failures.join("\n"));
 }
 
 #[test]
@@ -1021,12 +1017,12 @@ fn hostile_paths_and_destinations_are_refused() {
     assert_eq!(std::fs::read_dir(dav.disk("users/alice")).expect("home").count(), 2, "only a.txt and d in alice's home");
 }
 
-/// BUG: a Destination on another host (or port) is treated as if it were on this server. `COPY
+/// Was a bug, fixed: a Destination on another host (or port) is treated as if it were on this server. `COPY
 /// /files/dav/users/alice/a.txt` with `Destination: http://elsewhere.example/files/dav/users/alice/b.txt`
 /// answers 201 and creates b.txt here. Expected: 502 Bad Gateway (RFC 4918 9.8.5/9.9.4: the
 /// destination is on another server), nothing created.
 #[test]
-fn bug_destination_on_another_host_is_accepted() {
+fn destination_on_another_host_is_refused() {
     let dav = Dav::start("");
     dav.put_ok(ALICE, "/users/alice/a.txt", b"a");
     let mut failures = Vec::new();
@@ -1047,15 +1043,15 @@ fn bug_destination_on_another_host_is_accepted() {
             }
         }
     }
-    assert!(failures.is_empty(), "BUG: a Destination on another host is served locally:\n{}", failures.join("\n"));
+    assert!(failures.is_empty(), "a Destination on another host is served locally:\n{}", failures.join("\n"));
 }
 
-/// BUG: a request path whose `..` climbs out of the mount answers `502 Bad Gateway` (and
+/// Was a bug, fixed: a request path whose `..` climbs out of the mount answers `502 Bad Gateway` (and
 /// closes the connection): `GET /files/dav/users/alice/../../../etc/passwd` → 502 with an
 /// empty body. Nothing leaks, but 502 says an upstream failed, which sets off monitoring.
 /// Expected: 400 or 404 (or 403).
 #[test]
-fn bug_request_path_escaping_the_mount_answers_502() {
+fn request_paths_with_dot_segments_are_refused() {
     let dav = Dav::start("");
     let alice = format!("{}:{}", ALICE.0, ALICE.1);
     let mut failures = Vec::new();
@@ -1068,10 +1064,10 @@ fn bug_request_path_escaping_the_mount_answers_502() {
             }
         }
     }
-    assert!(failures.is_empty(), "BUG: paths escaping the mount:\n{}", failures.join("\n"));
+    assert!(failures.is_empty(), "paths escaping the mount:\n{}", failures.join("\n"));
 }
 
-/// BUG (data loss): DELETE of a folder that may not be deleted — an area's own folder (a home,
+/// Was a data-loss bug (fixed in servente-files::guard): DELETE of a folder that may not be deleted — an area's own folder (a home,
 /// a group folder, a shared folder) or a virtual listing (`/users/`, `/groups/`, `/`) — answers
 /// 403 (or a 207 holding 403s) only after deleting every file inside that the caller may
 /// write. `DELETE /files/dav/users/alice/` → `403 Forbidden`, and alice's home is empty;
@@ -1079,7 +1075,7 @@ fn bug_request_path_escaping_the_mount_answers_502() {
 /// she writes. Expected: 403 (or 405) with nothing deleted. (dav-server deletes the children
 /// one by one before it reaches the folder that ServenteFs refuses to remove.)
 #[test]
-fn bug_delete_of_an_area_folder_deletes_its_files() {
+fn delete_of_an_area_folder_deletes_nothing() {
     let dav = Dav::start(FOLDERS);
     let areas = ["/users/alice/", "/groups/staff/", "/shared/docs/"];
     let mut failures = Vec::new();
@@ -1105,10 +1101,10 @@ fn bug_delete_of_an_area_folder_deletes_its_files() {
             failures.push(format!("DELETE {target}: {} — deleted {lost:?}", r.status));
         }
     }
-    assert!(failures.is_empty(), "BUG: DELETE of folders that cannot be deleted:\n{}", failures.join("\n"));
+    assert!(failures.is_empty(), "DELETE of folders that cannot be deleted:\n{}", failures.join("\n"));
 }
 
-/// BUG (data loss): COPY or MOVE with an area's own folder as Destination (Overwrite: T, the
+/// Was a data-loss bug (fixed in servente-files::guard): COPY or MOVE with an area's own folder as Destination (Overwrite: T, the
 /// default) first deletes everything in that area, then fails. With alice's home holding
 /// keep.txt and m/f.txt: `COPY /files/dav/users/alice/m/` with `Destination:
 /// http://HOST/files/dav/users/alice/` → `207` whose only response is `403` for the home, and
@@ -1116,7 +1112,7 @@ fn bug_delete_of_an_area_folder_deletes_its_files() {
 /// and in a group folder. Expected: 403 (or 409/412) and nothing deleted (mod_dav refuses a
 /// Destination that contains the source; the area folder itself can never be replaced).
 #[test]
-fn bug_copy_or_move_onto_an_area_folder_deletes_its_files() {
+fn copy_or_move_onto_an_area_folder_deletes_nothing() {
     let dav = Dav::start("");
     let mut failures = Vec::new();
     for (area, method, src) in [
@@ -1141,7 +1137,7 @@ fn bug_copy_or_move_onto_an_area_folder_deletes_its_files() {
             ));
         }
     }
-    assert!(failures.is_empty(), "BUG: COPY/MOVE onto an area folder:\n{}", failures.join("\n"));
+    assert!(failures.is_empty(), "COPY/MOVE onto an area folder:\n{}", failures.join("\n"));
 }
 
 /// A folder cannot be moved or copied into its own subtree: 403 (as mod_dav: "the source
@@ -1282,33 +1278,33 @@ fn locks_keep_other_users_out() {
     expect(&r, 201, "alice's PUT into her locked folder");
 }
 
-/// BUG: a reader of a read-only shared folder can LOCK its files, and then its writers cannot
+/// Was a bug, fixed: a reader of a read-only shared folder can LOCK its files, and then its writers cannot
 /// change them. bob (in `read` of `docs`, not in `write`) sends `LOCK
 /// /files/dav/shared/docs/handbook.txt` (exclusive write lock, existing file) → 200 with a
 /// lock token (Timeout: Infinite); alice (a writer) then gets 423 Locked on PUT. Expected: 403
 /// for bob, as for his PUT, DELETE and for a LOCK of a new name there.
 #[test]
-fn bug_reader_can_lock_files_of_a_read_only_folder() {
+fn readers_cannot_lock_files_of_a_read_only_folder() {
     let dav = Dav::start(FOLDERS);
     dav.put_ok(ALICE, "/shared/docs/handbook.txt", b"read me\n");
     let r = dav.call(BOB, "LOCK", "/shared/docs/handbook.txt", &["-H", "Content-Type: application/xml", "--data-binary", LOCK_BODY]);
     let then = dav.put(ALICE, "/shared/docs/handbook.txt", b"v2\n");
     assert!(
         r.status == 403 && matches!(then.status, 201 | 204),
-        "BUG: a reader LOCKs a file of a read-only folder: {} (then the writer's PUT: {})",
+        "a reader LOCKs a file of a read-only folder: {} (then the writer's PUT: {})",
         r.status,
         then.status
     );
 }
 
-/// BUG: any signed-in user can remove anyone's lock with UNLOCK, given the token, which every
+/// Was a bug, fixed: any signed-in user can remove anyone's lock with UNLOCK, given the token, which every
 /// reader sees in DAV:lockdiscovery — even for a path they cannot open. alice locks
 /// /groups/staff/k.txt; `UNLOCK /files/dav/groups/staff/k.txt` with `Lock-Token: <alice's
 /// token>` by carol (member) → 204, and by bob (not a member; GET there is 404) → 204; the same
 /// for bob on /users/alice/h.txt. Expected: 403 for carol (RFC 4918 9.11: only the lock's owner,
 /// or a principal allowed to, may remove it), 404 for bob, and the lock stays.
 #[test]
-fn bug_another_user_can_remove_a_lock() {
+fn another_user_cannot_remove_a_lock() {
     let dav = Dav::start("");
     dav.put_ok(ALICE, "/groups/staff/k.txt", b"k");
     dav.put_ok(ALICE, "/users/alice/h.txt", b"h");
@@ -1324,7 +1320,7 @@ fn bug_another_user_can_remove_a_lock() {
         }
         let _ = dav.call(ALICE, "UNLOCK", path, &["-H", &format!("Lock-Token: <{token}>")]);
     }
-    assert!(failures.is_empty(), "BUG: locks removed by other users:\n{}", failures.join("\n"));
+    assert!(failures.is_empty(), "locks removed by other users:\n{}", failures.join("\n"));
 }
 
 #[test]
@@ -1351,13 +1347,13 @@ fn conditional_requests_with_etags() {
     assert_eq!(dav.get(ALICE, p).text(), "version 3\n");
 }
 
-/// BUG: an If header naming a lock token that does not lock the resource is ignored instead of
+/// Was a bug, fixed: an If header naming a lock token that does not lock the resource is ignored instead of
 /// failing: `PUT /files/dav/users/alice/f.txt` (not locked) with `If:
 /// (<urn:uuid:3b2f0c1e-0000-4000-8000-000000000001>)` → 204, and so with the token of a lock
 /// that was just released. Expected: 412 Precondition Failed (RFC 4918 10.4: the state token
 /// does not match, so the condition is false), the file unchanged.
 #[test]
-fn bug_if_header_with_a_lock_token_not_held_is_ignored() {
+fn if_header_with_a_lock_token_not_held_fails() {
     let dav = Dav::start("");
     let p = "/users/alice/f.txt";
     dav.put_ok(ALICE, p, b"original");
@@ -1374,7 +1370,7 @@ fn bug_if_header_with_a_lock_token_not_held_is_ignored() {
             failures.push(format!("PROPPATCH with `If: (<{token}>)`: {}", r.status));
         }
     }
-    assert!(failures.is_empty(), "BUG: If: with a lock token that locks nothing:\n{}", failures.join("\n"));
+    assert!(failures.is_empty(), "If: with a lock token that locks nothing:\n{}", failures.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1664,12 +1660,12 @@ fn share_links_with_password_expiry_and_revocation() {
     assert!(wait_until(Duration::from_secs(5), || curl(&[&home_link]).status == 404), "the home link outlived alice's account");
 }
 
-/// BUG: the folder listing of a share link offers "Download everything as a zip" as
+/// Was a bug, fixed: the folder listing of a share link offers "Download everything as a zip" as
 /// `href="?zip"`, but `GET /files/s/ID/?zip` answers the HTML listing again; only `?zip=` or
 /// `?zip=1` gives the zip (the query parser skips keys without `=`). The same for `?download`
 /// on a file. Expected: `?zip` gives application/zip, `?download` an attachment.
 #[test]
-fn bug_share_listing_zip_link_gives_the_listing() {
+fn share_links_take_flag_style_parameters() {
     let dav = Dav::start("");
     dav.mkcol_ok(ALICE, "/users/alice/pub/");
     dav.put_ok(ALICE, "/users/alice/pub/a.txt", b"a");
@@ -1690,7 +1686,7 @@ fn bug_share_listing_zip_link_gives_the_listing() {
     if !r.header("content-disposition").is_some_and(|d| d.starts_with("attachment")) {
         failures.push(format!("GET {url}a.txt?download: Content-Disposition {:?}", r.header("content-disposition")));
     }
-    assert!(failures.is_empty(), "BUG: flag-style query parameters are ignored:\n{}", failures.join("\n"));
+    assert!(failures.is_empty(), "flag-style query parameters are ignored:\n{}", failures.join("\n"));
 }
 
 #[test]
