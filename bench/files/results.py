@@ -185,6 +185,9 @@ def report(args):
                       f"{share * 100:.0f}%)")
             else:
                 print(f"   {label:<14} no Server-Timing fsync header in servente's answers")
+        print("   The header times the final wait only (fsync of the file, rename, fsync of its "
+              "folder); servente asks the kernel to start writing back while the body is still "
+              "arriving, so disk work done during the upload is inside the rest of the time.")
         print("   servente answers 201 only after the file and its folder are fsynced; nginx, dufs "
               "and rclone answer as soon as the bytes are in the page cache (the disk gets them "
               "later), so their PUT figures do not include any disk write.")

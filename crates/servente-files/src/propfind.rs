@@ -21,7 +21,7 @@ use crate::db::Prop;
 use crate::fs::{Caller, Kind, Node, StdMeta, Storage, key};
 
 /// What the request body asks for.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Want {
     All,
     /// (namespace, name)
@@ -101,58 +101,104 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, href: &st
         Want::Named(n) => n.iter().any(|(ns, name)| ns != DAV || name == "displayname" || name == "getcontentlanguage"),
     };
     let st2 = st.clone();
-    // Everything blocking in one go: the folder's entries with their metadata, and the dead
-    // properties of the target and its children.
-    let (entries, dead) = tokio::task::spawn_blocking(move || -> Option<(Vec<Entry>, DeadProps)> {
-        let meta = std::fs::symlink_metadata(&disk).ok()?;
+    // First the folder itself, the names in it and the dead properties, in one blocking call.
+    let dir = disk.clone();
+    let tk = target_key.clone();
+    let (meta, names, dead) = tokio::task::spawn_blocking(move || -> Option<(std::fs::Metadata, Vec<std::ffi::OsString>, DeadProps)> {
+        let meta = std::fs::symlink_metadata(&dir).ok()?;
         if meta.file_type().is_symlink() {
             return None;
         }
-        let is_dir = meta.is_dir();
-        let mut entries = vec![Entry { href_tail: String::new(), meta, key: target_key.clone() }];
-        if depth1 && is_dir {
-            for e in std::fs::read_dir(&disk).ok()? {
-                let e = e.ok()?;
-                let m = e.metadata().ok()?;
-                if m.file_type().is_symlink() {
-                    continue;
-                }
-                let name = e.file_name();
-                let mut tail = percent_encoding::percent_encode(name.as_bytes(), SEGMENT).to_string();
-                if m.is_dir() {
-                    tail.push('/');
-                }
-                let mut k = target_key.clone();
-                k.push(b'/');
-                k.extend_from_slice(name.as_bytes());
-                entries.push(Entry { href_tail: tail, meta: m, key: k });
+        let mut names = Vec::new();
+        if depth1 && meta.is_dir() {
+            for e in std::fs::read_dir(&dir).ok()? {
+                names.push(e.ok()?.file_name());
             }
         }
         let mut dead = DeadProps::new();
         if need_dead {
-            for (path, prop) in st2.db.props_under(&target_key, depth1).ok()? {
+            for (path, prop) in st2.db.props_under(&tk, depth1).ok()? {
                 dead.entry(path).or_default().push(prop);
             }
         }
-        Some((entries, dead))
+        Some((meta, names, dead))
     })
     .await
     .ok()??;
 
-    let base = if href.ends_with('/') || !entries[0].meta.is_dir() { href.to_string() } else { format!("{href}/") };
-    let mut out = String::with_capacity(256 + entries.len() * 420);
+    let base: Arc<str> = if href.ends_with('/') || !meta.is_dir() { href.into() } else { format!("{href}/").into() };
+    let want = Arc::new(want.clone());
+    let dead = Arc::new(dead);
+    let mut out = String::with_capacity(1024);
     out.push_str("<?xml version=\"1.0\" encoding=\"utf-8\"?><D:multistatus xmlns:D=\"DAV:\">");
-    for e in &entries {
-        let meta = StdMeta(e.meta.clone());
-        let props = dead.get(&e.key).map(Vec::as_slice).unwrap_or(&[]);
-        write_response(&mut out, &base, e, &meta, props, want, home);
+    let me = Entry { href_tail: String::new(), meta, key: target_key.clone() };
+    write_response(&mut out, &base, &me, dead.get(&me.key).map(Vec::as_slice).unwrap_or(&[]), &want, home);
+    // Then the entries: stat and XML in parallel on the blocking pool, one part per core
+    // (a stat is a path lookup in the kernel; it is most of the work).
+    let parts = if names.len() >= 512 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4) } else { 1 };
+    let per = names.len().div_ceil(parts.max(1)).max(1);
+    let mut tasks = Vec::new();
+    let mut names = names;
+    while !names.is_empty() {
+        let rest = names.split_off(per.min(names.len()));
+        let chunk = std::mem::replace(&mut names, rest);
+        let (dir, base, want, dead, tk) = (disk.clone(), base.clone(), want.clone(), dead.clone(), target_key.clone());
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let mut out = String::with_capacity(chunk.len() * 720);
+            let mut mime = MimeCache::default();
+            for name in chunk {
+                let Ok(m) = std::fs::symlink_metadata(dir.join(&name)) else { continue };
+                if m.file_type().is_symlink() {
+                    continue;
+                }
+                let mut tail = percent_encoding::percent_encode(name.as_bytes(), SEGMENT).to_string();
+                if m.is_dir() {
+                    tail.push('/');
+                }
+                let mut k = tk.clone();
+                k.push(b'/');
+                k.extend_from_slice(name.as_bytes());
+                let e = Entry { href_tail: tail, meta: m, key: k };
+                mime.last = None;
+                write_response_with(&mut out, &base, &e, dead.get(&e.key).map(Vec::as_slice).unwrap_or(&[]), &want, home, &mut mime);
+            }
+            out
+        }));
     }
-    out.push_str("</D:multistatus>");
-    let mut r = Response::new(Body::full(out));
+    let mut chunks = vec![bytes::Bytes::from(out)];
+    for t in tasks {
+        chunks.push(bytes::Bytes::from(t.await.ok()?));
+    }
+    chunks.push(bytes::Bytes::from_static(b"</D:multistatus>"));
+    let len: usize = chunks.iter().map(|c| c.len()).sum();
+    let frames = futures_util::stream::iter(chunks.into_iter().map(|c| Ok::<_, std::io::Error>(http_body::Frame::data(c))));
+    let mut r = Response::new(Body::stream(http_body_util::StreamBody::new(frames)));
     *r.status_mut() = StatusCode::MULTI_STATUS;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml; charset=utf-8"));
+    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Some(r)
+}
+
+/// Media types by extension, remembered for one listing (folders hold many files of a kind).
+#[derive(Default)]
+struct MimeCache {
+    map: HashMap<String, &'static str>,
+    last: Option<&'static str>,
+}
+
+impl MimeCache {
+    fn get(&mut self, file_name: &str) -> &'static str {
+        let Some((_, ext)) = file_name.rsplit_once('.') else { return "application/octet-stream" };
+        if let Some(m) = self.map.get(ext) {
+            return m;
+        }
+        let m = mime_guess::from_ext(ext).first_raw().unwrap_or("application/octet-stream");
+        if self.map.len() < 256 {
+            self.map.insert(ext.to_string(), m);
+        }
+        m
+    }
 }
 
 /// Bytes kept as they are in hrefs: RFC 3986 unreserved characters.
@@ -161,7 +207,7 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
 const SUPPORTED_LOCK: &str = "<D:supportedlock><D:lockentry><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry><D:lockentry><D:lockscope><D:shared/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry></D:supportedlock>";
 
 /// The value of a live property, as its whole element; `None` when this resource has none.
-fn live(name: &str, meta: &StdMeta, file_name: &str, home: Option<(u64, Option<u64>)>, out: &mut String) -> bool {
+fn live(name: &str, meta: &StdMeta, file_name: &str, home: Option<(u64, Option<u64>)>, mime: &mut MimeCache, out: &mut String) -> bool {
     let is_dir = meta.is_dir();
     match name {
         "creationdate" => match meta.created() {
@@ -175,11 +221,7 @@ fn live(name: &str, meta: &StdMeta, file_name: &str, home: Option<(u64, Option<u
             let _ = write!(out, "<D:getcontentlength>{}</D:getcontentlength>", meta.len());
         }
         "getcontenttype" => {
-            let t = if is_dir {
-                "httpd/unix-directory"
-            } else {
-                file_name.rsplit_once('.').and_then(|(_, ext)| mime_guess::from_ext(ext).first_raw()).unwrap_or("application/octet-stream")
-            };
+            let t = if is_dir { "httpd/unix-directory" } else { mime.get(file_name) };
             let _ = write!(out, "<D:getcontenttype>{t}</D:getcontenttype>");
         }
         "getetag" => match meta.etag() {
@@ -220,7 +262,21 @@ fn dead_xml(xml: &[u8]) -> &str {
     }
 }
 
-fn write_response(out: &mut String, base: &str, e: &Entry, meta: &StdMeta, dead: &[Prop], want: &Want, home: Option<(u64, Option<u64>)>) {
+fn write_response(out: &mut String, base: &str, e: &Entry, dead: &[Prop], want: &Want, home: Option<(u64, Option<u64>)>) {
+    write_response_with(out, base, e, dead, want, home, &mut MimeCache::default());
+}
+
+fn write_response_with(
+    out: &mut String,
+    base: &str,
+    e: &Entry,
+    dead: &[Prop],
+    want: &Want,
+    home: Option<(u64, Option<u64>)>,
+    mime: &mut MimeCache,
+) {
+    let meta = StdMeta(e.meta.clone());
+    let meta = &meta;
     let file_name = e.key.rsplit(|&b| b == b'/').next().map(|n| std::str::from_utf8(n).unwrap_or("")).unwrap_or("");
     let _ = write!(out, "<D:response><D:href>{base}{}</D:href>", e.href_tail);
     let ok_start = out.len();
@@ -239,7 +295,7 @@ fn write_response(out: &mut String, base: &str, e: &Entry, meta: &StdMeta, dead:
                 "resourcetype",
                 "supportedlock",
             ] {
-                live(name, meta, file_name, home, out);
+                live(name, meta, file_name, home, mime, out);
             }
             for (_, _, xml) in dead {
                 out.push_str(dead_xml(xml));
@@ -247,7 +303,7 @@ fn write_response(out: &mut String, base: &str, e: &Entry, meta: &StdMeta, dead:
         }
         Want::Named(names) => {
             for (ns, name) in names {
-                let found = (ns == DAV && live(name, meta, file_name, home, out))
+                let found = (ns == DAV && live(name, meta, file_name, home, mime, out))
                     || match dead.iter().find(|(dns, dname, _)| dns == ns && dname == name) {
                         Some((_, _, xml)) => {
                             out.push_str(dead_xml(xml));
