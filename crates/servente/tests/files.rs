@@ -767,6 +767,139 @@ fn quota_properties_only_where_a_quota_applies() {
     assert!(failures.is_empty(), "wrong RFC 4331 properties:\n{}", failures.join("\n"));
 }
 
+/// A small tmpfs mounted on a temp folder; unmounted (lazily, so a busy mount cannot keep it)
+/// when dropped, before the folder itself is removed.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`4m`), or says why it cannot (not root, no CAP_SYS_ADMIN).
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let uid = run(Command::new("id").arg("-u"), None, Duration::from_secs(10));
+        if text(&uid.stdout).trim() != "0" {
+            return Err(format!("running as uid {}", text(&uid.stdout).trim()));
+        }
+        let dir = tempfile::Builder::new().prefix("servente-tmpfs-").tempdir().map_err(|e| e.to_string())?;
+        let out = run(
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir.path()),
+            None,
+            Duration::from_secs(10),
+        );
+        if !out.status.success() {
+            return Err(format!("mount failed: {}", text(&out.stderr).trim()));
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).stdin(Stdio::null()).status();
+    }
+}
+
+/// The files root on a 4 MiB tmpfs (no quota): a PUT bigger than the disk gets 507, whether it
+/// makes a new file or replaces one, and leaves neither a partial file nor a temporary one;
+/// the space comes back and the server goes on. The same for a chunked upload by the API: the
+/// chunk that does not fit gets 507 (JSON), the upload stays where it was acknowledged, and
+/// no file appears. Skipped (with a note) where no tmpfs can be mounted.
+#[test]
+fn full_disk_gives_507_and_keeps_the_old_file() {
+    let small = match Tmpfs::mount("4m") {
+        Ok(m) => m,
+        Err(why) => {
+            println!("skipped: needs root to mount a tmpfs ({why})");
+            return;
+        }
+    };
+    let root = small.path().to_path_buf();
+    let fx = Fixture::new();
+    let data = fx.path().join("data");
+    add_users(&data);
+    // Declared after `small`, so the server stops before the tmpfs is unmounted.
+    let dav = Dav::start_on(fx, data, "{dir}/data", &format!("root = \"{}\"", root.display()));
+    let in_dir = |rel: &str| -> Vec<String> {
+        std::fs::read_dir(root.join(rel))
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_else(|e| panic!("cannot list {rel}: {e}"))
+    };
+    let big = noise(6 << 20, 21);
+
+    // 1. A small file.
+    let old = b"the old content\n";
+    expect(&dav.put(ALICE, "/users/alice/keep.txt", old), 201, "PUT keep.txt");
+    // 2. A new file bigger than the disk.
+    expect(&dav.put(ALICE, "/users/alice/big.bin", &big), 507, "PUT a 6 MiB big.bin on a 4 MiB disk");
+    // 3. Replacing the small file with a big one.
+    expect(&dav.put(ALICE, "/users/alice/keep.txt", &big), 507, "PUT 6 MiB over keep.txt on a 4 MiB disk");
+    let r = dav.get(ALICE, "/users/alice/keep.txt");
+    expect(&r, 200, "GET keep.txt after the 507");
+    assert!(r.body == old, "keep.txt changed after a 507: {} bytes", r.body.len());
+    // 4. Nothing partial is left.
+    expect(&dav.get(ALICE, "/users/alice/big.bin"), 404, "GET big.bin after the 507");
+    assert!(!root.join("users/alice/big.bin").exists(), "big.bin is on disk");
+    assert!(wait_until(Duration::from_secs(5), || in_dir(".tmp").is_empty()), "temp files left: {:?}", in_dir(".tmp"));
+    assert_eq!(in_dir("users/alice"), ["keep.txt"], "alice's home on disk");
+    // 5. The space is back (2 MiB fits only if nothing of the failed uploads holds on to it),
+    // and the server goes on.
+    let two = noise(2 << 20, 22);
+    expect(&dav.put(ALICE, "/users/alice/after.bin", &two), 201, "PUT 2 MiB after the failures");
+    assert!(dav.get(ALICE, "/users/alice/after.bin").body == two, "after.bin round trip");
+    expect(&dav.call(ALICE, "DELETE", "/users/alice/after.bin", &[]), 204, "DELETE after.bin");
+    dav.put_ok(ALICE, "/users/alice/small.txt", b"small\n");
+    assert_eq!(dav.get(ALICE, "/users/alice/small.txt").text(), "small\n");
+
+    // 6. A chunked upload by the API, 1 MiB at a time: the chunk that does not fit is refused.
+    let alice = format!("{}:{}", ALICE.0, ALICE.1);
+    let body = json!({ "path": "/users/alice/chunked.bin", "size": big.len() }).to_string();
+    let (r, v) =
+        api(&["-u", &alice, "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", &body], &dav.mount("api/uploads"));
+    expect(&r, 201, "POST api/uploads for 6 MiB");
+    let id = v["id"].as_str().unwrap_or_else(|| panic!("no upload id: {v}")).to_string();
+    let work = tempfile::tempdir().expect("temp");
+    let chunk = 1 << 20;
+    let mut acknowledged = 0;
+    let mut refused = None;
+    for offset in (0..big.len()).step_by(chunk) {
+        let f = work.path().join(format!("chunk-{offset}"));
+        std::fs::write(&f, &big[offset..(offset + chunk).min(big.len())]).expect("chunk file");
+        let (at, off) = (format!("@{}", f.display()), format!("Upload-Offset: {offset}"));
+        let (r, v) = api(
+            &["-u", &alice, "-X", "PATCH", "-H", &off, "-H", "Content-Type: application/offset+octet-stream", "--data-binary", &at],
+            &dav.mount(&format!("api/uploads/{id}")),
+        );
+        if r.status == 200 {
+            assert_eq!(v["offset"].as_u64(), Some((offset + chunk) as u64), "{v}");
+            acknowledged = offset + chunk;
+            continue;
+        }
+        refused = Some((offset, r, v));
+        break;
+    }
+    let (at, r, v) = refused.unwrap_or_else(|| panic!("every chunk of a 6 MiB upload was taken on a 4 MiB disk"));
+    expect(&r, 507, &format!("the chunk at {at} on a full disk"));
+    assert_eq!(r.header("content-type"), Some("application/json"), "{r:?}");
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "a JSON error: {}", r.text());
+    // The upload stands where it was last acknowledged (the partial chunk was cut back).
+    let (r, v) = api(&["-u", &alice], &dav.mount(&format!("api/uploads/{id}")));
+    expect(&r, 200, "GET api/uploads/ID after the 507");
+    assert_eq!(v["offset"].as_u64(), Some(acknowledged as u64), "{v}");
+    expect(&dav.get(ALICE, "/users/alice/chunked.bin"), 404, "GET chunked.bin after the 507");
+    assert!(!root.join("users/alice/chunked.bin").exists(), "chunked.bin is on disk");
+    // Given up, the upload frees its space.
+    let (r, _) = api(&["-u", &alice, "-X", "DELETE"], &dav.mount(&format!("api/uploads/{id}")));
+    expect(&r, 200, "DELETE api/uploads/ID");
+    assert!(in_dir(".uploads").is_empty(), "upload files left: {:?}", in_dir(".uploads"));
+    assert!(in_dir(".tmp").is_empty(), "temp files left: {:?}", in_dir(".tmp"));
+    expect(&dav.put(ALICE, "/users/alice/after.bin", &two), 201, "PUT 2 MiB after the chunked upload");
+    assert!(dav.get(ALICE, "/users/alice/keep.txt").body == old, "keep.txt at the end");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Uploads: partial, interrupted, crashed
 
