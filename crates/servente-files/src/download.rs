@@ -19,6 +19,9 @@ use crate::fs::{Caller, Node, StdMeta, Storage};
 
 const CHUNK: usize = 512 << 10;
 
+/// Files up to this size are sent from one read.
+const SMALL: u64 = 1 << 20;
+
 /// Whether dav-server must answer (ranges and conditions).
 pub fn needs_dav_server(h: &HeaderMap) -> bool {
     ["range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range", "if"].iter().any(|n| h.contains_key(*n))
@@ -30,16 +33,32 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
         return None;
     }
     let disk = st.disk_path(dav);
-    let (file, meta) = tokio::task::spawn_blocking(move || {
-        let f = std::fs::File::open(&disk).ok()?;
+    // Small files are read whole in the same blocking call that opens them.
+    let (file, meta, whole) = tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::open(&disk).ok()?;
         let m = f.metadata().ok()?;
-        m.is_file().then_some((f, m))
+        if !m.is_file() {
+            return None;
+        }
+        if !head && m.len() <= SMALL {
+            let mut buf = Vec::with_capacity(m.len() as usize);
+            f.read_to_end(&mut buf).ok()?;
+            return Some((None, m, Some(buf)));
+        }
+        Some((Some(f), m, None))
     })
     .await
     .ok()??;
-    let len = meta.len();
     let meta = StdMeta(meta);
-    let mut r = Response::new(if head { Body::empty() } else { stream(file) });
+    let (body, len) = match (whole, file) {
+        (Some(buf), _) => {
+            let n = buf.len() as u64;
+            (Body::full(buf), n)
+        }
+        (None, Some(f)) if !head => (stream(f), meta.len()),
+        _ => (Body::empty(), meta.len()),
+    };
+    let mut r = Response::new(body);
     let h = r.headers_mut();
     let name = dav.file_name().unwrap_or("");
     let mime = name.rsplit_once('.').and_then(|(_, ext)| mime_guess::from_ext(ext).first_raw()).unwrap_or("application/octet-stream");
