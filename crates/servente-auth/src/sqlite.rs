@@ -176,8 +176,12 @@ impl Store for SqliteStore {
 
     fn user(&self, name: &str) -> StoreResult<Option<UserRecord>> {
         let conn = self.conn();
-        let found =
-            conn.query_row(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"), [name], user_row).optional().map_err(backend)?;
+        // Asked on every request that signs in (WebDAV clients send Basic each time): keep the
+        // statement prepared.
+        let found = conn
+            .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"))
+            .and_then(|mut st| st.query_row([name], user_row).optional())
+            .map_err(backend)?;
         match found {
             Some(mut rec) => {
                 rec.user.groups = groups_of(&conn, name).map_err(backend)?;

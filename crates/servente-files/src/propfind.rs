@@ -104,7 +104,7 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, href: &st
     // First the folder itself, the names in it and the dead properties, in one blocking call.
     let dir = disk.clone();
     let tk = target_key.clone();
-    let (meta, names, dead) = tokio::task::spawn_blocking(move || -> Option<(std::fs::Metadata, Vec<std::ffi::OsString>, DeadProps)> {
+    let (meta, names, dead) = tokio::task::spawn_blocking(move || -> Option<(std::fs::Metadata, Vec<std::fs::DirEntry>, DeadProps)> {
         let meta = std::fs::symlink_metadata(&dir).ok()?;
         if meta.file_type().is_symlink() {
             return None;
@@ -112,7 +112,9 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, href: &st
         let mut names = Vec::new();
         if depth1 && meta.is_dir() {
             for e in std::fs::read_dir(&dir).ok()? {
-                names.push(e.ok()?.file_name());
+                // Kept as entries: their metadata is a stat relative to the open folder, not a
+                // walk of the whole path.
+                names.push(e.ok()?);
             }
         }
         let mut dead = DeadProps::new();
@@ -142,12 +144,13 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, href: &st
     while !names.is_empty() {
         let rest = names.split_off(per.min(names.len()));
         let chunk = std::mem::replace(&mut names, rest);
-        let (dir, base, want, dead, tk) = (disk.clone(), base.clone(), want.clone(), dead.clone(), target_key.clone());
+        let (base, want, dead, tk) = (base.clone(), want.clone(), dead.clone(), target_key.clone());
         tasks.push(tokio::task::spawn_blocking(move || {
             let mut out = String::with_capacity(chunk.len() * 720);
             let mut mime = MimeCache::default();
-            for name in chunk {
-                let Ok(m) = std::fs::symlink_metadata(dir.join(&name)) else { continue };
+            for entry in chunk {
+                let Ok(m) = entry.metadata() else { continue };
+                let name = entry.file_name();
                 if m.file_type().is_symlink() {
                     continue;
                 }
