@@ -19,8 +19,9 @@ use crate::fs::{Caller, Node, StdMeta, Storage};
 
 const CHUNK: usize = 512 << 10;
 
-/// Files up to this size are sent from one read.
-const SMALL: u64 = 1 << 20;
+/// Files up to this size are sent from one read; larger ones stream, so the first bytes leave
+/// before the whole file is read.
+const SMALL: u64 = 128 << 10;
 
 /// Whether dav-server must answer (ranges and conditions).
 pub fn needs_dav_server(h: &HeaderMap) -> bool {
