@@ -105,9 +105,9 @@ pub struct RequestCx {
 pub trait Router: Send + Sync + 'static {
     fn handle<'a>(&'a self, req: Request<Incoming>, cx: &'a mut RequestCx) -> impl Future<Output = Response<Body>> + Send + 'a;
 
-    /// The largest request body this request may send, checked against a declared
-    /// Content-Length before `handle`; `cx.max_body` (`limits.max_body_bytes`) unless a role
-    /// takes large bodies itself (file uploads, bounded by quotas instead).
+    /// The largest request body this request may send, asked when its declared Content-Length
+    /// passes `cx.max_body` (`limits.max_body_bytes`); a role that takes large bodies itself
+    /// (file uploads, bounded by quotas instead) answers more.
     fn body_limit(&self, _req: &Request<Incoming>, cx: &RequestCx) -> u64 {
         cx.max_body
     }
@@ -155,10 +155,12 @@ pub(crate) async fn serve_request<R: Router>(
         started,
         max_body,
     };
-    cx.max_body = router.body_limit(&req, &cx);
-    let max_body = cx.max_body;
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let response = if declared.is_some_and(|n| n > max_body) {
+    // Only a body larger than the default asks the role (a lookup the common request skips).
+    if declared.is_some_and(|n| n > max_body) {
+        cx.max_body = router.body_limit(&req, &cx);
+    }
+    let response = if declared.is_some_and(|n| n > cx.max_body) {
         simple_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
     } else {
         match AssertUnwindSafe(router.handle(req, &mut cx)).catch_unwind().await {

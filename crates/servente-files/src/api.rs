@@ -121,8 +121,12 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, St
 }
 
 pub(crate) fn query<B>(req: &Request<B>, key: &str) -> Option<String> {
-    let q = req.uri().query()?;
-    q.split('&').map(|kv| kv.split_once('=').unwrap_or((kv, ""))).find(|(k, _)| *k == key).map(|(_, v)| {
+    form_value(req.uri().query()?, key)
+}
+
+/// A value of a query string or urlencoded form, decoded; a key without `=` has the empty value.
+pub(crate) fn form_value(text: &str, key: &str) -> Option<String> {
+    text.split('&').map(|kv| kv.split_once('=').unwrap_or((kv, ""))).find(|(k, _)| *k == key).map(|(_, v)| {
         let v = v.replace('+', " ");
         percent_encoding::percent_decode_str(&v).decode_utf8_lossy().into_owned()
     })
@@ -387,11 +391,7 @@ async fn finish_upload(role: &FilesRole, p: &Principal, id: &str, meta: &UploadM
     let part = role.uploads.part_path(id).ok_or_else(|| problem(StatusCode::NOT_FOUND, "no such upload"))?;
     let d2 = disk.clone();
     blocking(move || {
-        std::fs::File::open(&part).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
-        std::fs::rename(&part, &d2).map_err(|e| format!("cannot move the upload into place: {e}"))?;
-        if let Some(parent) = d2.parent() {
-            std::fs::File::open(parent).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
-        }
+        crate::fs::replace_durably(&part, &d2).map_err(|e| format!("cannot move the upload into place: {e}"))?;
         Ok(())
     })
     .await?;

@@ -348,19 +348,19 @@ impl ServenteFs {
         }
     }
 
-    async fn meta_of(&self, path: &DavPath, node: &Node, caller: &Caller) -> FsResult<Box<dyn DavMetaData>> {
+    async fn meta_of(&self, path: &DavPath, node: &Node) -> FsResult<Box<dyn DavMetaData>> {
         match node {
             Node::Root | Node::List(_) => Ok(Box::new(VirtualDir)),
             Node::Area { .. } => {
                 let m = GuardedFileSystem::<()>::metadata(self.local.as_ref(), path, &()).await?;
-                Ok(self.wrap(m, node, caller))
+                Ok(self.wrap(m, node))
             }
         }
     }
 
     /// A home's folders report the home's usage as their length, which dav-server turns into
     /// the RFC 4331 `quota-used-bytes` / `quota-available-bytes` of each folder.
-    fn wrap(&self, m: Box<dyn DavMetaData>, node: &Node, _caller: &Caller) -> Box<dyn DavMetaData> {
+    fn wrap(&self, m: Box<dyn DavMetaData>, node: &Node) -> Box<dyn DavMetaData> {
         match node.quota_user() {
             Some(user) if m.is_dir() => Box::new(HomeDir { inner: m, used: self.st.used(user) }),
             _ => m,
@@ -442,7 +442,7 @@ impl GuardedFileSystem<Caller> for ServenteFs {
     fn metadata<'a>(&'a self, path: &'a DavPath, c: &'a Caller) -> FsFuture<'a, Box<dyn DavMetaData>> {
         async move {
             let node = self.st.resolve(path, &c.who)?;
-            self.meta_of(path, &node, c).await
+            self.meta_of(path, &node).await
         }
         .boxed()
     }
@@ -453,7 +453,7 @@ impl GuardedFileSystem<Caller> for ServenteFs {
             match node {
                 Node::Area { .. } => {
                     let m = GuardedFileSystem::<()>::symlink_metadata(self.local.as_ref(), path, &()).await?;
-                    Ok(self.wrap(m, &node, c))
+                    Ok(self.wrap(m, &node))
                 }
                 _ => Ok(Box::new(VirtualDir) as Box<dyn DavMetaData>),
             }
@@ -667,14 +667,25 @@ fn copy_durably(src: &Path, dst: &Path, tmp_dir: &Path) -> FsResult<()> {
     let tmp = temp_name(tmp_dir);
     let result = (|| {
         std::fs::copy(src, &tmp)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, dst)?;
-        sync_parent(dst)
+        replace_durably(&tmp, dst)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(io_err)
+}
+
+/// Makes the finished file `tmp` the file `target`, durably: its bytes on disk, then the
+/// rename, then the folder's entry on disk. Readers see the old file or the new one, whole.
+pub(crate) fn replace_durably(tmp: &Path, target: &Path) -> std::io::Result<()> {
+    std::fs::File::open(tmp)?.sync_all()?;
+    put_in_place(tmp, target)
+}
+
+/// The rename and folder sync of [`replace_durably`], for a file already synced.
+fn put_in_place(tmp: &Path, target: &Path) -> std::io::Result<()> {
+    std::fs::rename(tmp, target)?;
+    sync_parent(target)
 }
 
 fn sync_parent(p: &Path) -> std::io::Result<()> {
@@ -937,8 +948,7 @@ impl DavFile for Upload {
             let (meta, took) = blocking(move || {
                 let t = std::time::Instant::now();
                 file.sync_all().map_err(io_err)?;
-                std::fs::rename(&tmp, &target).map_err(io_err)?;
-                sync_parent(&target).map_err(io_err)?;
+                put_in_place(&tmp, &target).map_err(io_err)?;
                 let took = t.elapsed();
                 Ok((file.metadata().map_err(io_err)?, took))
             })

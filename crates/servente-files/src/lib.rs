@@ -207,13 +207,18 @@ impl FilesRole {
                 Some(b"1") => Some(true),
                 _ => None,
             };
-            if let (Some(depth1), Some(want)) = (depth1, propfind::parse(&body))
+            let want = propfind::parse(&body);
+            if let (Some(depth1), Some(want)) = (depth1, &want)
+                && propfind::can_answer(want)
                 && let Some(dav) = dav_path_under(mount, parts.uri.path())
-                && let Some(r) = propfind::answer(&self.st, &caller, &dav, parts.uri.path(), depth1, &want).await
+                && let Some(r) = propfind::answer(&self.st, &caller, &dav, parts.uri.path(), depth1, want).await
             {
                 return r;
             }
-            let named = requested_properties(&body);
+            let named = match want {
+                Some(propfind::Want::Named(props)) => Some(props),
+                _ => None,
+            };
             caller.named_props = named.is_some();
             let depth0 = parts.headers.get("depth").is_some_and(|d| d.as_bytes() == b"0");
             let resp = handler.handle_guarded(Request::from_parts(parts, http_body_util::Full::new(body)), user, caller).await;
@@ -265,14 +270,6 @@ pub(crate) const FILE_CSP: &str = "sandbox; default-src 'none'; img-src 'self' d
 pub(crate) fn dav_path_under(mount: &str, path: &str) -> Option<dav_server::davpath::DavPath> {
     let rest = path.strip_prefix(mount)?.strip_prefix("dav")?;
     dav_server::davpath::DavPath::new(if rest.is_empty() { "/" } else { rest }).ok()
-}
-
-/// The properties a PROPFIND body names (`<prop>`, as namespace and name); `None` when it asks
-/// for all of them or their names.
-fn requested_properties(body: &[u8]) -> Option<Vec<(String, String)>> {
-    let root = xmltree::Element::parse(body).ok()?;
-    let prop = root.children.iter().filter_map(|c| c.as_element()).find(|e| e.name == "prop")?;
-    Some(prop.children.iter().filter_map(|c| c.as_element()).map(|e| (e.namespace.clone().unwrap_or_default(), e.name.clone())).collect())
 }
 
 /// dav-server leaves requested properties that do not exist out of its answer; RFC 4918 wants

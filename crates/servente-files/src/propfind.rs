@@ -46,7 +46,8 @@ const LIVE: &[&str] = &[
     "getcontentlanguage",
 ];
 
-/// Reads a PROPFIND body; `None` for what dav-server should handle.
+/// Reads a PROPFIND body: all properties, or the named ones; `None` for anything else
+/// (`propname`, `include`, not XML), which dav-server handles.
 pub fn parse(body: &[u8]) -> Option<Want> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Some(Want::All);
@@ -58,21 +59,23 @@ pub fn parse(body: &[u8]) -> Option<Want> {
     let children: Vec<&xmltree::Element> = root.children.iter().filter_map(|c| c.as_element()).collect();
     match children.as_slice() {
         [one] if one.name == "allprop" && one.namespace.as_deref() == Some(DAV) => Some(Want::All),
-        [one] if one.name == "prop" && one.namespace.as_deref() == Some(DAV) => {
-            let mut names = Vec::new();
-            for e in one.children.iter().filter_map(|c| c.as_element()) {
-                let ns = e.namespace.clone().unwrap_or_default();
-                if ns == DAV && !LIVE.contains(&e.name.as_str()) {
-                    return None;
-                }
-                if ns.starts_with("urn:schemas-microsoft-com") || ns == "http://apache.org/dav/props/" {
-                    return None;
-                }
-                names.push((ns, e.name.clone()));
-            }
-            Some(Want::Named(names))
-        }
+        [one] if one.name == "prop" && one.namespace.as_deref() == Some(DAV) => Some(Want::Named(
+            one.children.iter().filter_map(|c| c.as_element()).map(|e| (e.namespace.clone().unwrap_or_default(), e.name.clone())).collect(),
+        )),
         _ => None,
+    }
+}
+
+/// Whether this path knows every property asked for (Microsoft's and Apache's, and DAV:
+/// properties it does not list, are left to dav-server).
+pub fn can_answer(want: &Want) -> bool {
+    match want {
+        Want::All => true,
+        Want::Named(names) => names.iter().all(|(ns, name)| {
+            (ns != DAV || LIVE.contains(&name.as_str()))
+                && !ns.starts_with("urn:schemas-microsoft-com")
+                && ns != "http://apache.org/dav/props/"
+        }),
     }
 }
 
@@ -356,7 +359,11 @@ mod tests {
         );
         assert_eq!(parse(br#"<D:propfind xmlns:D="DAV:"><D:propname/></D:propfind>"#), None);
         assert_eq!(parse(br#"<D:propfind xmlns:D="DAV:"><D:allprop/><D:include><D:x/></D:include></D:propfind>"#), None);
-        assert_eq!(parse(br#"<D:propfind xmlns:D="DAV:"><D:prop><Z:Win32FileAttributes xmlns:Z="urn:schemas-microsoft-com:"/></D:prop></D:propfind>"#), None);
+        let ms = parse(
+            br#"<D:propfind xmlns:D="DAV:"><D:prop><Z:Win32FileAttributes xmlns:Z="urn:schemas-microsoft-com:"/></D:prop></D:propfind>"#,
+        );
+        assert!(ms.as_ref().is_some_and(|w| !can_answer(w)), "Microsoft properties are left to dav-server");
+        assert!(can_answer(&Want::All));
         assert_eq!(parse(b"<not xml"), None);
     }
 

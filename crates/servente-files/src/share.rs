@@ -134,7 +134,7 @@ async fn ask_password(req: Request<Incoming>, base: &str, cookie: &str, want: &s
         return form("The form was too large.");
     };
     let body = body.to_bytes();
-    let password = url_form_value(&body, "password").unwrap_or_default();
+    let password = std::str::from_utf8(&body).ok().and_then(|t| crate::api::form_value(t, "password")).unwrap_or_default();
     let stored = hash.to_string();
     let ok = tokio::task::spawn_blocking(move || servente_auth::secret::verify_password(&password, &stored)).await.unwrap_or(false);
     if !ok {
@@ -149,14 +149,6 @@ async fn ask_password(req: Request<Incoming>, base: &str, cookie: &str, want: &s
         r.headers_mut().insert(header::LOCATION, l);
     }
     r
-}
-
-fn url_form_value(body: &[u8], key: &str) -> Option<String> {
-    let text = std::str::from_utf8(body).ok()?;
-    text.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| {
-        let v = v.replace('+', " ");
-        percent_encoding::percent_decode_str(&v).decode_utf8_lossy().into_owned()
-    })
 }
 
 pub(crate) fn escape(s: &str) -> String {

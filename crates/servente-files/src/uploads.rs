@@ -99,7 +99,8 @@ impl Uploads {
         };
         f.write_all(chunk).map_err(io)?;
         f.sync_data().map_err(io)?;
-        let _ = filetime_now(&part);
+        // Marks the upload as active so the startup sweep keeps it.
+        let _ = f.set_modified(SystemTime::now());
         Ok(have + chunk.len() as u64)
     }
 
@@ -121,11 +122,6 @@ fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::File::create(path)?;
     f.write_all(data)?;
     f.sync_all()
-}
-
-/// Marks the upload as active so the startup sweep keeps it.
-fn filetime_now(p: &Path) -> std::io::Result<()> {
-    std::fs::File::options().write(true).open(p)?.set_modified(SystemTime::now())
 }
 
 #[cfg(test)]
