@@ -133,7 +133,19 @@ pub struct Directory {
     /// password hash at that time (salted, so any change of password or account changes it)
     /// and when it was checked.
     basic_cache: dashmap::DashMap<String, (String, Instant)>,
+    /// Recent successful sign-ins, by a hash of the credentials the request sent, with when
+    /// they were checked and the store's change stamp at that moment. The same credentials are
+    /// let in again from memory (without a store lookup, so without leaving the connection's
+    /// thread) while the store is unchanged, for up to [`RECENT`]; a store that cannot tell
+    /// when it changed gets [`RECENT_BLIND`]. Every change this directory makes also empties it.
+    recent: dashmap::DashMap<[u8; 32], (web::Authenticated, Instant, Option<u64>)>,
 }
+
+/// How long a sign-in is reused from memory while the store shows no change.
+pub const RECENT: Duration = Duration::from_secs(60);
+/// How long a sign-in is reused from memory when the store cannot tell whether it changed: a
+/// change made by another process (the CLI) is seen at most this late.
+pub const RECENT_BLIND: Duration = Duration::from_secs(1);
 
 fn check_password(p: &str) -> DirResult<()> {
     if p.chars().count() < 8 {
@@ -171,7 +183,13 @@ fn hash(password: &str) -> DirResult<String> {
 
 impl Directory {
     pub fn new(store: Arc<dyn Store>, settings: Settings) -> Self {
-        Directory { store, throttle: throttle::Throttle::new(settings.throttle), settings, basic_cache: dashmap::DashMap::new() }
+        Directory {
+            store,
+            throttle: throttle::Throttle::new(settings.throttle),
+            settings,
+            basic_cache: dashmap::DashMap::new(),
+            recent: dashmap::DashMap::new(),
+        }
     }
 
     /// Opens the embedded store in `data_dir` (created, private to this user, when missing).
@@ -286,6 +304,7 @@ impl Directory {
             None => (secret::generate_password(), true),
         };
         self.store.set_password(name, &hash(&password)?, unix_now())?;
+        self.recent.clear();
         self.audit(actor, "user.passwd", name, "ok", "");
         Ok(generated.then_some(password))
     }
@@ -301,6 +320,7 @@ impl Directory {
             }
         }
         let user = self.store.update_user(name, &patch)?;
+        self.recent.clear();
         let detail = match patch.disabled {
             Some(true) => "disabled",
             Some(false) => "enabled",
@@ -318,6 +338,7 @@ impl Directory {
             return Err(DirError::Invalid(format!("`{name}` is the last administrator; make someone else an admin first")));
         }
         self.store.remove_user(name)?;
+        self.recent.clear();
         self.audit(actor, "user.remove", name, "ok", "");
         Ok(())
     }
@@ -335,12 +356,14 @@ impl Directory {
             return Err(DirError::Invalid(format!("the `{ADMINS}` group cannot be removed")));
         }
         self.store.remove_group(name)?;
+        self.recent.clear();
         self.audit(actor, "group.remove", name, "ok", "");
         Ok(())
     }
 
     pub fn add_member(&self, actor: &Actor, group: &str, user: &str) -> DirResult<()> {
         self.store.add_member(group, user)?;
+        self.recent.clear();
         self.audit(actor, "group.member.add", group, "ok", user);
         Ok(())
     }
@@ -350,6 +373,7 @@ impl Directory {
             return Err(DirError::Invalid(format!("`{user}` is the last administrator")));
         }
         self.store.remove_member(group, user)?;
+        self.recent.clear();
         self.audit(actor, "group.member.remove", group, "ok", user);
         Ok(())
     }
@@ -393,6 +417,7 @@ impl Directory {
 
     pub fn revoke_token(&self, actor: &Actor, id: &str) -> DirResult<()> {
         self.store.revoke_token(id)?;
+        self.recent.clear();
         self.audit(actor, "token.revoke", id, "ok", "");
         Ok(())
     }
@@ -487,6 +512,38 @@ impl Directory {
         Ok(self.principal(rec.user, Method::Token, Some(token.scopes)))
     }
 
+    /// The sign-in of `creds` if the same credentials signed in recently and the store has not
+    /// changed since (see [`Directory::recent`]'s field); sessions must also still be live.
+    /// Never blocks.
+    pub fn recent(&self, creds: &web::Credentials) -> Option<web::Authenticated> {
+        let key = recent_key(creds)?;
+        let entry = self.recent.get(&key)?;
+        let (who, at, stamp) = &*entry;
+        let fresh = match stamp {
+            Some(s) => at.elapsed() < RECENT && self.store.change_stamp() == Some(*s),
+            None => at.elapsed() < RECENT_BLIND,
+        };
+        if !fresh || who.session.as_ref().is_some_and(|s| s.expires <= unix_now()) {
+            return None;
+        }
+        Some(who.clone())
+    }
+
+    /// The store's change stamp, read before a sign-in is checked and handed to
+    /// [`Directory::remember`] after, so that a change made in between is not missed.
+    pub fn change_stamp(&self) -> Option<u64> {
+        self.store.change_stamp()
+    }
+
+    /// Keeps a successful sign-in for [`Directory::recent`].
+    pub fn remember(&self, creds: &web::Credentials, who: &web::Authenticated, stamp: Option<u64>) {
+        let Some(key) = recent_key(creds) else { return };
+        if self.recent.len() >= 10_000 {
+            self.recent.retain(|_, e| e.1.elapsed() < RECENT);
+        }
+        self.recent.insert(key, (who.clone(), Instant::now(), stamp));
+    }
+
     /// Starts a browser session for a signed-in principal; returns the cookie value (shown
     /// only to that browser) and the session.
     pub fn create_session(&self, who: &Principal) -> Result<(String, Session), AuthError> {
@@ -522,9 +579,35 @@ impl Directory {
 
     pub fn end_session(&self, cookie: &str, actor: &Actor) -> Result<(), AuthError> {
         self.store.delete_session(&secret::sha256_hex(cookie))?;
+        self.recent.clear();
         self.audit(actor, "logout", &actor.name, "ok", "");
         Ok(())
     }
+}
+
+/// What [`Directory::recent`] files a sign-in under: a SHA-256 of the kind and the secret,
+/// so the map holds no secret and a lookup's timing tells nothing about one.
+fn recent_key(creds: &web::Credentials) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    match creds {
+        web::Credentials::Basic { user, password } => {
+            h.update(b"basic\0");
+            h.update(user.as_bytes());
+            h.update(b"\0");
+            h.update(password.as_bytes());
+        }
+        web::Credentials::Bearer(t) => {
+            h.update(b"bearer\0");
+            h.update(t.as_bytes());
+        }
+        web::Credentials::Cookie(c) => {
+            h.update(b"cookie\0");
+            h.update(c.as_bytes());
+        }
+        web::Credentials::None | web::Credentials::Malformed => return None,
+    }
+    Some(h.finalize().into())
 }
 
 /// A claimed (unchecked) name made safe for logs: at most 64 characters, control
@@ -660,6 +743,55 @@ mod tests {
         assert!(matches!(d.session("forged"), Err(AuthError::NoSession)));
         d.set_password(&a, "dave", Some("another-password".into())).expect("passwd");
         assert!(matches!(d.session(&cookie), Err(AuthError::NoSession)), "a new password ends sessions");
+    }
+
+    #[test]
+    fn recent_sign_ins_are_reused_until_a_change() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let d = Arc::new(dir());
+        let a = Actor::cli();
+        d.add_group(&a, "staff", "").expect("group");
+        d.add_user(&a, NewUser { name: "fay".into(), password: Some("fay-password".into()), ..Default::default() }).expect("user");
+        let basic = |pw: &str| web::Credentials::Basic { user: "fay".into(), password: pw.into() };
+        let sign_in = |c: web::Credentials| rt.block_on(web::authenticate(&d, c, &local(), false));
+        assert!(d.recent(&basic("fay-password")).is_none());
+        sign_in(basic("fay-password")).expect("signs in").expect("a principal");
+        let hit = d.recent(&basic("fay-password")).expect("reused from memory");
+        assert_eq!(hit.principal.user, "fay");
+        assert!(d.recent(&basic("fay-passwore")).is_none(), "only the same secret");
+        assert!(sign_in(basic("wrong-password")).is_err());
+
+        // Every change the directory makes is seen at once.
+        d.add_member(&a, "staff", "fay").expect("member");
+        assert!(d.recent(&basic("fay-password")).is_none());
+        let again = sign_in(basic("fay-password")).expect("signs in").expect("a principal");
+        assert!(again.principal.in_group("staff"));
+        d.set_password(&a, "fay", Some("new-fay-password".into())).expect("passwd");
+        assert!(sign_in(basic("fay-password")).is_err(), "the old password is refused at once");
+
+        let who = d.login("fay", "new-fay-password", &local()).expect("login");
+        let (cookie, _) = d.create_session(&who).expect("session");
+        sign_in(web::Credentials::Cookie(cookie.clone())).expect("session").expect("a principal");
+        assert!(d.recent(&web::Credentials::Cookie(cookie.clone())).is_some());
+        d.end_session(&cookie, &a).expect("sign out");
+        assert!(sign_in(web::Credentials::Cookie(cookie)).is_err(), "a session ended is refused at once");
+    }
+
+    #[test]
+    fn a_change_by_another_process_ends_reuse_at_once() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let server = Arc::new(Directory::open(tmp.path(), Settings::default()).expect("store"));
+        let cli = Directory::open(tmp.path(), Settings::default()).expect("the CLI's view of the same store");
+        let a = Actor::cli();
+        cli.add_user(&a, NewUser { name: "gus".into(), password: Some("gus-password".into()), ..Default::default() }).expect("user");
+        let creds = web::Credentials::Basic { user: "gus".into(), password: "gus-password".into() };
+        rt.block_on(web::authenticate(&server, creds.clone(), &local(), false)).expect("signs in");
+        assert!(server.recent(&creds).is_some(), "reused while the store is unchanged");
+        assert!(server.recent(&creds).is_some());
+        cli.update_user(&a, "gus", UserPatch { disabled: Some(true), ..Default::default() }).expect("disable");
+        assert!(server.recent(&creds).is_none(), "the other process's write is seen");
+        assert!(rt.block_on(web::authenticate(&server, creds, &local(), false)).is_err());
     }
 
     #[test]

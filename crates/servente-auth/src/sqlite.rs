@@ -63,6 +63,8 @@ CREATE TABLE audit(
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// The database file, for [`Store::change_stamp`]; `None` in memory.
+    path: Option<std::path::PathBuf>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -81,7 +83,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the store file and brings its schema up to date.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let conn = Connection::open(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
-        Self::init(conn)
+        Ok(SqliteStore { path: Some(path.to_path_buf()), ..Self::init(conn)? })
     }
 
     /// A store in memory, for tests.
@@ -103,7 +105,7 @@ impl SqliteStore {
             v => return Err(StoreError::Backend(format!("the store has schema version {v}, newer than this servente ({SCHEMA_VERSION})"))),
         }
         tx.commit().map_err(backend)?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore { conn: Mutex::new(conn), path: None })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -170,6 +172,28 @@ fn exists(conn: &Connection, table: &str, name: &str) -> rusqlite::Result<bool> 
 }
 
 impl Store for SqliteStore {
+    /// Every commit writes the write-ahead log and every checkpoint the database file, each
+    /// changing that file's size or times: the stamp is a hash of both files' identity, size,
+    /// modification and change times, two `statx` calls. (Linux since 6.13 gives a file that
+    /// was just looked at a fine-grained time at its next change, so two changes within one
+    /// clock tick still differ.)
+    fn change_stamp(&self) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        use std::os::unix::fs::MetadataExt;
+        let db = self.path.as_ref()?;
+        let mut wal = db.clone().into_os_string();
+        wal.push("-wal");
+        let mut h = std::hash::DefaultHasher::new();
+        for file in [db.as_os_str(), wal.as_os_str()] {
+            match std::fs::metadata(file) {
+                Ok(m) => (m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()).hash(&mut h),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0u8.hash(&mut h),
+                Err(_) => return None,
+            }
+        }
+        Some(h.finish())
+    }
+
     fn user_count(&self) -> StoreResult<u64> {
         self.conn().query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(backend)
     }

@@ -131,4 +131,11 @@ pub trait Store: Send + Sync + 'static {
     fn prune_audit(&self, last_id: i64) -> StoreResult<()>;
     /// The newest `limit` entries, newest first.
     fn audit_recent(&self, limit: u32) -> StoreResult<Vec<AuditEntry>>;
+
+    /// A value that changes whenever anything is written to the store, by this process or
+    /// another, and that is cheap to read (no query, nothing that blocks): `None` when the
+    /// store cannot tell. It lets sign-ins be reused from memory until the store changes.
+    fn change_stamp(&self) -> Option<u64> {
+        None
+    }
 }

@@ -97,16 +97,43 @@ pub async fn authenticate(
     if creds == Credentials::None {
         return Ok(None);
     }
+    // A client sending the same credentials again (a WebDAV client, a page loading its parts)
+    // is let in from memory, on the connection's own thread, while the directory is unchanged.
+    if let Some(who) = dir.recent(&creds) {
+        return Ok(Some(who));
+    }
     let dir = dir.clone();
     let client = client.clone();
-    let run = move || match creds {
-        Credentials::None => Ok(None),
-        Credentials::Malformed => Err(AuthError::BadCredentials),
-        Credentials::Basic { user, password } => {
-            dir.verify_basic(&user, &password, &client).map(|p| Some(Authenticated { principal: p, session: None }))
+    let run = move || {
+        let check = || -> Result<Option<Authenticated>, AuthError> {
+            Ok(Some(match &creds {
+                Credentials::None => return Ok(None),
+                Credentials::Malformed => return Err(AuthError::BadCredentials),
+                Credentials::Basic { user, password } => {
+                    Authenticated { principal: dir.verify_basic(user, password, &client)?, session: None }
+                }
+                Credentials::Bearer(t) => Authenticated { principal: dir.authenticate_token(t)?, session: None },
+                Credentials::Cookie(c) => {
+                    let (principal, session) = dir.session(c)?;
+                    Authenticated { principal, session: Some(session) }
+                }
+            }))
+        };
+        // The stamp is read before the check, so a change made meanwhile is not hidden. A check
+        // may write itself (a password sign-in's audit entry, a token's last use): then it runs
+        // again, now reading only, and the sign-in is kept only if nothing changed during that.
+        let stamp = dir.change_stamp();
+        let Some(mut who) = check()? else { return Ok(None) };
+        let mut keep = stamp;
+        if stamp.is_some() && dir.change_stamp() != stamp {
+            keep = dir.change_stamp();
+            who = check()?.ok_or(AuthError::BadCredentials)?;
+            if dir.change_stamp() != keep {
+                return Ok(Some(who));
+            }
         }
-        Credentials::Bearer(t) => dir.authenticate_token(&t).map(|p| Some(Authenticated { principal: p, session: None })),
-        Credentials::Cookie(c) => dir.session(&c).map(|(p, s)| Some(Authenticated { principal: p, session: Some(s) })),
+        dir.remember(&creds, &who, keep);
+        Ok(Some(who))
     };
     tokio::task::spawn_blocking(run)
         .await
