@@ -7,6 +7,7 @@
 //! in through `Router`, chosen by the binary.
 
 pub mod access_log;
+pub mod file_body;
 pub mod guard;
 pub mod http;
 pub mod listen;

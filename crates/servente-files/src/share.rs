@@ -90,7 +90,7 @@ pub async fn handle(role: &FilesRole, mount: &str, link: &str, req: Request<Inco
         return listing(&disk, &name).await;
     }
     let download = crate::api::query(&req, "download").is_some();
-    file_response(&disk, meta.len(), &name, download, *req.method() == Method::HEAD).await
+    file_response(&disk, &name, download, *req.method() == Method::HEAD)
 }
 
 /// The file for `sub` under a share, refusing anything that leaves it (`..`, links).
@@ -234,16 +234,11 @@ fn disposition(kind: &str, name: &str) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("attachment"))
 }
 
-async fn file_response(disk: &Path, len: u64, name: &str, download: bool, head: bool) -> Response<Body> {
-    let body = if head {
-        Body::empty()
-    } else {
-        let d = disk.to_path_buf();
-        match tokio::task::spawn_blocking(move || std::fs::File::open(d)).await {
-            Ok(Ok(f)) => crate::download::stream(f),
-            _ => return page(StatusCode::NOT_FOUND, "Not found", "<p>The file is gone.</p>"),
-        }
+fn file_response(disk: &Path, name: &str, download: bool, head: bool) -> Response<Body> {
+    let Some((file, len)) = std::fs::File::open(disk).ok().and_then(|f| f.metadata().ok().map(|m| (f, m.len()))) else {
+        return page(StatusCode::NOT_FOUND, "Not found", "<p>The file is gone.</p>");
     };
+    let body = if head { Body::empty() } else { Body::stream(servente_core::file_body::FileBody::new(file, 0, len)) };
     let mut r = Response::new(body);
     let h = r.headers_mut();
     let mime = mime_for(name);
@@ -264,7 +259,7 @@ fn mime_for(name: &str) -> &'static str {
 pub fn zip_response(disk: PathBuf, path: &str) -> Response<Body> {
     let name = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("files").to_string();
     let rx = if disk.is_dir() { crate::zip::stream_dir(disk, name.clone()) } else { crate::zip::stream_file(disk, name.clone()) };
-    let mut r = Response::new(Body::stream(crate::download::ChannelBody(rx)));
+    let mut r = Response::new(Body::stream(crate::zip::ChannelBody(rx)));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
     r.headers_mut().insert(header::CONTENT_DISPOSITION, disposition("attachment", &format!("{name}.zip")));
     r

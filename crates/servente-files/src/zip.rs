@@ -272,6 +272,20 @@ impl Zip {
     }
 }
 
+/// Chunks from a channel as an HTTP body.
+pub struct ChannelBody(pub tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(http_body::Frame::data)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

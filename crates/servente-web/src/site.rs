@@ -18,6 +18,7 @@ use servente_apps::upstream::Upstream;
 use servente_auth::{Acl, Level};
 use servente_config::Site as SiteConfig;
 use servente_core::Body;
+use servente_core::file_body::FileBody;
 use servente_core::metrics::SiteStats;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
@@ -384,7 +385,7 @@ impl Site {
                 } else {
                     match cached {
                         Some(b) => Body::full(b.clone()),
-                        None => match file_body(source_path, 0, len).await {
+                        None => match file_body(source_path, 0, len) {
                             Ok(b) => b,
                             Err(_) => return text(StatusCode::NOT_FOUND, "not found\n"),
                         },
@@ -410,7 +411,7 @@ impl Site {
                 } else {
                     match cached {
                         Some(b) => Body::full(b.slice(r.start as usize..=r.end as usize)),
-                        None => match file_body(source_path, r.start, r.len()).await {
+                        None => match file_body(source_path, r.start, r.len()) {
                             Ok(b) => b,
                             Err(_) => return text(StatusCode::NOT_FOUND, "not found\n"),
                         },
@@ -496,14 +497,10 @@ fn strip_body_for_head(mut r: Response<Body>, head: bool) -> Response<Body> {
     r
 }
 
-/// Streams `len` bytes of a file from `start`.
-async fn file_body(path: &std::path::Path, start: u64, len: u64) -> io::Result<Body> {
-    let mut file = tokio::fs::File::open(path).await?;
-    if start > 0 {
-        file.seek(io::SeekFrom::Start(start)).await?;
-    }
-    let stream = ReaderStream::with_capacity(file.take(len), STREAM_CHUNK);
-    Ok(Body::stream(http_body_util::StreamBody::new(stream.map_ok(Frame::data))))
+/// Streams `len` bytes of a file from `start` (read from the page cache on this thread when
+/// the bytes are there, see [`FileBody`]).
+fn file_body(path: &std::path::Path, start: u64, len: u64) -> io::Result<Body> {
+    Ok(Body::stream(FileBody::new(std::fs::File::open(path)?, start, len)))
 }
 
 fn multipart_in_memory(mp: &Multipart, list: &[ByteRange], body: &Bytes) -> Bytes {
