@@ -26,6 +26,8 @@ use http_body::{Frame, SizeHint};
 use rustix::io::{Errno, ReadWriteFlags, preadv2};
 use tokio::task::JoinHandle;
 
+use crate::sendfile::Mirror;
+
 /// Largest chunk read (and handed to the socket) at once.
 pub const CHUNK: u64 = 256 << 10;
 
@@ -46,6 +48,9 @@ fn buffer() -> Vec<u8> {
 struct Chunk {
     buf: Vec<u8>,
     len: usize,
+    /// The chunk mirrors its file region, so the socket may `sendfile` it (see
+    /// [`crate::sendfile`]); released before the buffer is reused.
+    mirror: Option<Mirror>,
 }
 
 impl AsRef<[u8]> for Chunk {
@@ -56,6 +61,7 @@ impl AsRef<[u8]> for Chunk {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
+        self.mirror = None;
         let buf = std::mem::take(&mut self.buf);
         // During thread teardown the pool may be gone: the buffer is then simply freed.
         let _ = POOL.try_with(|p| {
@@ -67,8 +73,10 @@ impl Drop for Chunk {
     }
 }
 
-fn chunk(buf: Vec<u8>, len: usize) -> Bytes {
-    Bytes::from_owner(Chunk { buf, len })
+/// The first `len` bytes of `buf`, read from `file` at `offset`.
+fn chunk(buf: Vec<u8>, len: usize, file: &Arc<File>, offset: u64) -> Bytes {
+    let mirror = Mirror::register(&buf[..len], file.clone(), offset);
+    Bytes::from_owner(Chunk { buf, len, mirror })
 }
 
 /// `len` bytes of `file` from `start`, as an HTTP body.
@@ -100,7 +108,7 @@ impl FileBody {
         let mut buf = buffer();
         match preadv2(&*self.file, &mut [IoSliceMut::new(&mut buf[..want])], self.pos, ReadWriteFlags::NOWAIT) {
             Ok(0) => Some(Err(self.shrank())),
-            Ok(n) => Some(Ok(chunk(buf, n))),
+            Ok(n) => Some(Ok(chunk(buf, n, &self.file, self.pos))),
             Err(Errno::AGAIN) => None,
             Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => {
                 self.nowait = false;
@@ -153,7 +161,7 @@ impl http_body::Body for FileBody {
                     Err(e) => return Err(e),
                 }
             }
-            Ok(chunk(buf, filled))
+            Ok(chunk(buf, filled, &file, pos))
         }));
         self.poll_frame(cx)
     }

@@ -21,8 +21,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
+use rustix::io::Errno;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use crate::sendfile::{Plan, SendFile};
 
 const RESPONSE_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 20\r\ncontent-type: text/plain\r\n\r\nrequest head timeout";
@@ -98,6 +101,8 @@ pub struct GuardedIo<I> {
     /// None until the first bytes tell HTTP/1 from HTTP/2.
     http2: Option<bool>,
     on_header_timeout: Option<Box<dyn Fn() + Send + Sync>>,
+    /// TCP_CORK is on while a file is sent (see [`SendFile::cork`]); off at the next flush.
+    corked: bool,
 }
 
 impl<I> GuardedIo<I> {
@@ -113,6 +118,7 @@ impl<I> GuardedIo<I> {
             seen_generation: 0,
             http2,
             on_header_timeout: None,
+            corked: false,
         }
     }
 
@@ -215,20 +221,61 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<I> {
     }
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<I> {
+impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> GuardedIo<I> {
+    /// Writes `bufs`, sending a slice that mirrors a file with `sendfile` (see
+    /// [`crate::sendfile`]); the count returned is the same as a plain write's.
+    fn write_zero_copy(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        if self.inner.can_sendfile()
+            && let Some(plan) = crate::sendfile::plan(bufs)
+        {
+            // Corked from the response head on, so that head and file leave in full segments.
+            if !self.corked {
+                self.inner.cork(true);
+                self.corked = true;
+            }
+            match plan {
+                Plan::Before(n) => return Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..n]),
+                Plan::Send { file, offset, len } => match self.inner.poll_sendfile(cx, &file, offset, len) {
+                    // The file is shorter now, or cannot be sent this way: the memory is the truth.
+                    Poll::Ready(Ok(0)) => {}
+                    Poll::Ready(Err(e))
+                        if matches!(
+                            e.raw_os_error().map(Errno::from_raw_os_error),
+                            Some(Errno::INVAL | Errno::NOSYS | Errno::OVERFLOW)
+                        ) => {}
+                    other => return other,
+                },
+            }
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncWrite for GuardedIo<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if buf.len() >= crate::sendfile::MIN_SLICE {
+            return self.write_zero_copy(cx, &[io::IoSlice::new(buf)]);
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        self.write_zero_copy(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.corked {
+            self.inner.cork(false);
+            self.corked = false;
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.corked {
+            self.inner.cork(false);
+            self.corked = false;
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

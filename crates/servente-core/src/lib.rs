@@ -13,6 +13,7 @@ pub mod http;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
+pub mod sendfile;
 pub mod server;
 pub mod tls;
 

@@ -356,7 +356,7 @@ async fn refuse(stream: Accepted, plain: bool) {
 async fn serve_stream<R, IO>(io: IO, peer: Option<SocketAddr>, spec: Arc<ListenerSpec>, shared: Arc<Shared<R>>)
 where
     R: Router,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + crate::sendfile::SendFile + Unpin + Send + 'static,
 {
     let Some(tls) = spec.tls.clone() else {
         return serve_http(io, None, None, peer, spec, shared).await;
@@ -395,7 +395,7 @@ async fn serve_http<R, IO>(
     shared: Arc<Shared<R>>,
 ) where
     R: Router,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + crate::sendfile::SendFile + Unpin + Send + 'static,
 {
     let settings = shared.settings.load_full();
     let state = ConnState::new();

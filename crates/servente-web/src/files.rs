@@ -367,11 +367,16 @@ fn etag_value(tag: &str) -> HeaderValue {
     HeaderValue::from_str(tag).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
+/// Reads a file whole for the cache. Large ones keep their file open beside the bytes, so that
+/// plain connections send them with `sendfile` (see `servente_core::sendfile`).
 fn read_small(path: &Path, len: u64, budget: &Arc<Budget>) -> Option<CachedBytes> {
+    use std::io::Read;
     let charge = budget.reserve(len)?;
-    let data = std::fs::read(path).ok()?;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut data = Vec::with_capacity(len as usize);
+    file.read_to_end(&mut data).ok()?;
     // The file changed between stat and read: do not cache a mix of versions.
-    (data.len() as u64 == len).then(|| CachedBytes { bytes: Bytes::from(data), _charge: charge })
+    (data.len() as u64 == len).then(|| CachedBytes { bytes: servente_core::sendfile::mirrored(data, file), _charge: charge })
 }
 
 /// Keeps freshly compressed bytes if they fit in the budget.
