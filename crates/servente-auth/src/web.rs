@@ -125,8 +125,9 @@ pub async fn authenticate(
         let stamp = dir.change_stamp();
         let Some(mut who) = check()? else { return Ok(None) };
         let mut keep = stamp;
-        if stamp.is_some() && dir.change_stamp() != stamp {
-            keep = dir.change_stamp();
+        let after = dir.change_stamp();
+        if stamp.is_some() && after != stamp {
+            keep = after;
             who = check()?.ok_or(AuthError::BadCredentials)?;
             if dir.change_stamp() != keep {
                 return Ok(Some(who));

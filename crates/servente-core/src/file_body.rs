@@ -100,6 +100,14 @@ impl FileBody {
         io::Error::new(io::ErrorKind::UnexpectedEof, format!("the file ended {} bytes early", self.end - self.pos))
     }
 
+    /// A chunk read (or its error) as the next frame, moving past its bytes.
+    fn frame(&mut self, chunk: io::Result<Bytes>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        Poll::Ready(Some(chunk.map(|c| {
+            self.pos += c.len() as u64;
+            Frame::data(c)
+        })))
+    }
+
     /// Reads the next chunk from the page cache, if it is all there.
     fn read_cached(&mut self, want: usize) -> Option<io::Result<Bytes>> {
         if !self.nowait {
@@ -133,20 +141,14 @@ impl http_body::Body for FileBody {
                 Ok(r) => r,
                 Err(e) => Err(io::Error::other(format!("reading the file failed: {e}"))),
             };
-            return Poll::Ready(Some(chunk.map(|c| {
-                this.pos += c.len() as u64;
-                Frame::data(c)
-            })));
+            return this.frame(chunk);
         }
         if this.pos >= this.end {
             return Poll::Ready(None);
         }
         let want = (this.end - this.pos).min(CHUNK) as usize;
         if let Some(chunk) = this.read_cached(want) {
-            return Poll::Ready(Some(chunk.map(|c| {
-                this.pos += c.len() as u64;
-                Frame::data(c)
-            })));
+            return this.frame(chunk);
         }
         let (file, pos) = (this.file.clone(), this.pos);
         this.pending = Some(tokio::task::spawn_blocking(move || {

@@ -249,6 +249,14 @@ impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> GuardedIo<I> {
         }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
+
+    /// Lets held-back segments go (at a flush, or before the connection ends).
+    fn uncork(&mut self) {
+        if self.corked {
+            self.inner.cork(false);
+            self.corked = false;
+        }
+    }
 }
 
 impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncWrite for GuardedIo<I> {
@@ -265,17 +273,11 @@ impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncWrite for GuardedIo<I> {
         self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.corked {
-            self.inner.cork(false);
-            self.corked = false;
-        }
+        self.uncork();
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.corked {
-            self.inner.cork(false);
-            self.corked = false;
-        }
+        self.uncork();
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -315,36 +315,24 @@ pub fn tree_size(dir: &Path) -> u64 {
     total
 }
 
-/// Writes every chunk, in order, from `at`: one `pwritev` for a batch of network reads (at
-/// most 1024 at a time, the kernel's limit), again from where a short write stopped.
+/// Writes every chunk, in order, from `at`: one `pwritev` per batch of network reads (at
+/// most 1024 slices, the kernel's limit), again from where a short write stopped.
 fn write_all_vectored_at(file: &std::fs::File, chunks: &[Bytes], mut at: u64) -> std::io::Result<()> {
-    let (mut i, mut skip) = (0, 0);
-    while i < chunks.len() {
-        let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity((chunks.len() - i).min(1024));
-        slices.push(std::io::IoSlice::new(&chunks[i][skip..]));
-        slices.extend(chunks[i + 1..].iter().take(1023).map(|c| std::io::IoSlice::new(c)));
-        let mut n = match rustix::io::pwritev(file, &slices, at) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        at += n as u64;
-        // Step past what was written.
-        while n > 0 {
-            let left = chunks[i].len() - skip;
-            if n >= left {
-                n -= left;
-                i += 1;
-                skip = 0;
-            } else {
-                skip += n;
-                n = 0;
+    for batch in chunks.chunks(1024) {
+        let mut slices: Vec<std::io::IoSlice<'_>> = batch.iter().map(|c| std::io::IoSlice::new(c)).collect();
+        let mut rest = &mut slices[..];
+        // Drops leading empty chunks, so an empty remainder is never written (it would read as 0).
+        std::io::IoSlice::advance_slices(&mut rest, 0);
+        while !rest.is_empty() {
+            match rustix::io::pwritev(file, rest, at) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    at += n as u64;
+                    std::io::IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
             }
-        }
-        while i < chunks.len() && chunks[i].len() == skip {
-            i += 1;
-            skip = 0;
         }
     }
     Ok(())
