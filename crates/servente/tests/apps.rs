@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{BIN, Fixture, Resp, Server, WAIT, connect, curl, noise, read_response, wait_until};
+use common::{BIN, Fixture, Resp, Server, WAIT, connect, curl, noise, read_response, refused_port, wait_until};
 use serde_json::Value;
 
 /// The Python helpers.
@@ -583,10 +583,8 @@ strip_prefix = "/unix"
 fn load_balancing_retries_and_health_checks() {
     let a = Helper::upstream("A");
     let b = Helper::upstream("B");
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").to_string()
-    };
+    let refused = refused_port();
+    let dead = refused.addr.clone();
     let both = format!("servers = [\"{}\", \"{}\"]", a.addr, b.addr);
     let route = |name: &str| format!("[[site.proxy]]\npath = \"/{name}/\"\nupstream = \"{name}\"\nstrip_prefix = \"/{name}\"\n");
     let toml = config(
@@ -925,10 +923,8 @@ fn failing_upstreams_and_hostile_clients() {
     let trunc = Helper::raw("truncate");
     let garbage = Helper::raw("garbage");
     let good = Helper::upstream("good");
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").to_string()
-    };
+    let refused = refused_port();
+    let dead = refused.addr.clone();
     let mut sections = String::new();
     for (name, addr) in [("hang", &hang.addr), ("trunc", &trunc.addr), ("garbage", &garbage.addr), ("down", &dead), ("good", &good.addr)] {
         sections.push_str(&format!("[[upstream]]\nname = \"{name}\"\nservers = [\"{addr}\"]\nresponse_timeout = \"1s\"\n\n"));

@@ -401,6 +401,21 @@ impl RawResp {
 }
 
 /// Connects to `addr` with read and write timeouts set.
+/// A loopback address that refuses connections for as long as this value lives: a socket
+/// bound to it that never listens. (A port found by binding a listener and closing it again
+/// can meanwhile be handed to another test's server, which then answers instead of refusing.)
+pub struct RefusedPort {
+    _socket: socket2::Socket,
+    pub addr: String,
+}
+
+pub fn refused_port() -> RefusedPort {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+    let addr = socket.local_addr().expect("addr").as_socket().expect("an IP address").to_string();
+    RefusedPort { _socket: socket, addr }
+}
+
 pub fn connect(addr: &str) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(WAIT)).expect("read timeout");
