@@ -10,6 +10,7 @@
 //! - [`fastcgi`]: PHP and other FastCGI applications (php-fpm).
 
 pub mod fastcgi;
+pub mod h1;
 pub mod pool;
 pub mod proxy;
 pub mod registry;

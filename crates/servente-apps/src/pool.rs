@@ -5,7 +5,9 @@
 //! the thread that made it, so handing it to another thread would add a cross-thread wake-up
 //! to every request. An HTTP/1.1 connection goes back to the pool when its response body has
 //! been read to the end (only then can it carry the next request); an HTTP/2 connection is
-//! shared by every request of the thread until it closes.
+//! shared by every request of the thread until it closes. HTTP/1.1 connections are either
+//! hyper's (requests with bodies, upgrades) or bare ones for the lean client (`h1`); an idle
+//! bare one can be handed to hyper when a request needs it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,6 +20,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use servente_config::UpstreamProtocol;
+
+use crate::h1;
 
 /// The body servente sends upstream: the client's body, streamed (and capped), or nothing.
 pub type UpBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -59,6 +63,8 @@ impl std::fmt::Display for Address {
 pub enum Sender {
     H1(http1::SendRequest<UpBody>),
     H2(http2::SendRequest<UpBody>),
+    /// An HTTP/1.1 connection driven by the request's own task (`h1`), not by hyper.
+    Raw(h1::Conn),
 }
 
 impl Sender {
@@ -66,6 +72,7 @@ impl Sender {
         match self {
             Sender::H1(s) => s.is_closed(),
             Sender::H2(s) => s.is_closed(),
+            Sender::Raw(_) => false,
         }
     }
 }
@@ -73,17 +80,31 @@ impl Sender {
 /// Opens a connection and runs its HTTP handshake; the connection's task is spawned on the
 /// current runtime and ends when the connection closes.
 pub async fn connect(address: &Address, protocol: UpstreamProtocol, timeout: Duration) -> io::Result<Sender> {
-    let fut = async {
-        match address {
-            Address::Tcp(a) => handshake(tcp(tokio::net::TcpStream::connect(a).await?)?, protocol).await,
-            Address::Name(n) => handshake(tcp(tokio::net::TcpStream::connect(n.as_str()).await?)?, protocol).await,
-            Address::Unix(p) => handshake(tokio::net::UnixStream::connect(p).await?, protocol).await,
-        }
-    };
+    let fut = async { handshake(open_stream(address).await?, protocol).await };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {address} timed out"))),
+        Err(_) => Err(timed_out(address)),
     }
+}
+
+/// Opens a connection for the lean HTTP/1.1 client (`h1`): no task, no handshake.
+pub async fn open(address: &Address, timeout: Duration) -> io::Result<h1::Conn> {
+    match tokio::time::timeout(timeout, open_stream(address)).await {
+        Ok(r) => r.map(h1::Conn::new),
+        Err(_) => Err(timed_out(address)),
+    }
+}
+
+fn timed_out(address: &Address) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {address} timed out"))
+}
+
+async fn open_stream(address: &Address) -> io::Result<h1::Stream> {
+    Ok(match address {
+        Address::Tcp(a) => h1::Stream::Tcp(tcp(tokio::net::TcpStream::connect(a).await?)?),
+        Address::Name(n) => h1::Stream::Tcp(tcp(tokio::net::TcpStream::connect(n.as_str()).await?)?),
+        Address::Unix(p) => h1::Stream::Unix(tokio::net::UnixStream::connect(p).await?),
+    })
 }
 
 fn tcp(s: tokio::net::TcpStream) -> io::Result<tokio::net::TcpStream> {
@@ -91,10 +112,8 @@ fn tcp(s: tokio::net::TcpStream) -> io::Result<tokio::net::TcpStream> {
     Ok(s)
 }
 
-async fn handshake<IO>(io: IO, protocol: UpstreamProtocol) -> io::Result<Sender>
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+/// Runs hyper's client handshake on an open connection and spawns its task.
+pub async fn handshake(io: h1::Stream, protocol: UpstreamProtocol) -> io::Result<Sender> {
     let io = TokioIo::new(io);
     match protocol {
         UpstreamProtocol::Http2 => {
@@ -136,8 +155,13 @@ pub fn take(key: PoolKey, max_idle_time: Duration) -> Option<Sender> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let list = p.get_mut(&key)?;
-        while let Some(idle) = list.pop() {
+        while let Some(mut idle) = list.pop() {
             if idle.sender.is_closed() || idle.since.elapsed() > max_idle_time {
+                continue;
+            }
+            if let Sender::Raw(conn) = &mut idle.sender
+                && !conn.is_usable()
+            {
                 continue;
             }
             // HTTP/2 senders are shared: leave a copy for the next request.

@@ -15,9 +15,10 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use servente_config::ProxyRoute as RouteConfig;
+use servente_config::{ProxyRoute as RouteConfig, UpstreamProtocol};
 use servente_core::{Body, RequestCx, simple_response};
 
+use crate::h1;
 use crate::pool::{self, Sender, UpBody};
 use crate::upstream::{InFlight, Upstream};
 
@@ -267,6 +268,12 @@ impl ProxyRoute {
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, u);
         }
+        // An HTTP/2 client names the host in the URI; HTTP/1.1 needs it as a header.
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(v) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
         self.forwarding_headers(&mut parts.headers, cx);
         let Some(target) = self.upstream_target(&parts.uri) else {
             return bad_gateway(StatusCode::BAD_REQUEST, "the request target cannot be forwarded\n");
@@ -275,6 +282,10 @@ impl ProxyRoute {
         let too_large = has_body.then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
         let mut body = too_large.as_ref().map(|flag| CappedBody::new(body, cx.max_body, flag.clone()));
         let settings = &self.upstream.settings;
+        // A request without a body and not asking for an upgrade goes by the lean client, on
+        // this task (`h1`); the others by hyper's.
+        let lean = !has_body && !upgrade && settings.protocol == UpstreamProtocol::Http1;
+        let head_request = parts.method == Method::HEAD;
         let attempts = if retryable { 1 + settings.retries } else { 1 };
         let mut tried: Vec<u64> = Vec::new();
         for _ in 0..attempts {
@@ -287,51 +298,65 @@ impl ProxyRoute {
             let mut pooled = pool::take(server.id, settings.idle_timeout.0);
             loop {
                 let reused = pooled.is_some();
-                let sender = match pooled.take() {
-                    Some(s) => s,
-                    None => match pool::connect(&server.address, settings.protocol, settings.connect_timeout.0).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            // Once a server is out, every request that still tries it would
-                            // repeat the same line: only the first failures are warnings.
-                            if server.is_down() {
-                                tracing::debug!(upstream = %self.upstream.name, server = %server.address, "cannot connect: {e}");
-                            } else {
-                                tracing::warn!(upstream = %self.upstream.name, server = %server.address, "cannot connect: {e}");
-                            }
-                            self.upstream.report(&server, false);
-                            break;
+                let opened = match pooled.take() {
+                    Some(Sender::Raw(conn)) if !lean => pool::handshake(conn.into_stream(), settings.protocol).await,
+                    Some(s) => Ok(s),
+                    None if lean => pool::open(&server.address, settings.connect_timeout.0).await.map(Sender::Raw),
+                    None => pool::connect(&server.address, settings.protocol, settings.connect_timeout.0).await,
+                };
+                let sender = match opened {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Once a server is out, every request that still tries it would
+                        // repeat the same line: only the first failures are warnings.
+                        if server.is_down() {
+                            tracing::debug!(upstream = %self.upstream.name, server = %server.address, "cannot connect: {e}");
+                        } else {
+                            tracing::warn!(upstream = %self.upstream.name, server = %server.address, "cannot connect: {e}");
                         }
-                    },
+                        self.upstream.report(&server, false);
+                        break;
+                    }
                 };
-                let req_body = if retryable { empty_body() } else { body.take().map(|b| b.boxed_unsync()).unwrap_or_else(empty_body) };
-                // HTTP/1.1 takes the origin form as it is; HTTP/2 needs scheme and authority.
-                let absolute = match (&sender, &server.address) {
-                    (Sender::H1(_), _) => None,
-                    (_, pool::Address::Tcp(a)) => Some(format!("http://{a}{target}")),
-                    (_, pool::Address::Name(n)) => Some(format!("http://{n}{target}")),
-                    (_, pool::Address::Unix(_)) => Some(format!("http://localhost{target}")),
+                let sent = match sender {
+                    Sender::Raw(conn) => exchange(conn, &parts, &target, settings.response_timeout.0).await,
+                    sender => {
+                        let req_body =
+                            if retryable { empty_body() } else { body.take().map(|b| b.boxed_unsync()).unwrap_or_else(empty_body) };
+                        // HTTP/1.1 takes the origin form as it is; HTTP/2 needs scheme and authority.
+                        let absolute = match (&sender, &server.address) {
+                            (Sender::H1(_) | Sender::Raw(_), _) => None,
+                            (_, pool::Address::Tcp(a)) => Some(format!("http://{a}{target}")),
+                            (_, pool::Address::Name(n)) => Some(format!("http://{n}{target}")),
+                            (_, pool::Address::Unix(_)) => Some(format!("http://localhost{target}")),
+                        };
+                        let uri = match absolute.map(|a| a.parse::<Uri>()) {
+                            None => Uri::from(target.clone()),
+                            Some(Ok(u)) => u,
+                            Some(Err(_)) => return bad_gateway(StatusCode::BAD_REQUEST, "the request target cannot be forwarded\n"),
+                        };
+                        let mut up = Request::new(req_body);
+                        *up.method_mut() = parts.method.clone();
+                        *up.uri_mut() = uri;
+                        // Only a request that may be tried again needs its headers kept.
+                        *up.headers_mut() = if retryable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+                        if matches!(sender, Sender::H2(_)) {
+                            // HTTP/2 carries the host in :authority; a Host header would be a duplicate.
+                            up.headers_mut().remove(header::HOST);
+                        } else {
+                            *up.version_mut() = http::Version::HTTP_11;
+                        }
+                        send(sender, up, settings.response_timeout.0).await
+                    }
                 };
-                let uri = match absolute.map(|a| a.parse::<Uri>()) {
-                    None => Uri::from(target.clone()),
-                    Some(Ok(u)) => u,
-                    Some(Err(_)) => return bad_gateway(StatusCode::BAD_REQUEST, "the request target cannot be forwarded\n"),
-                };
-                let mut up = Request::new(req_body);
-                *up.method_mut() = parts.method.clone();
-                *up.uri_mut() = uri;
-                // Only a request that may be tried again needs its headers kept.
-                *up.headers_mut() = if retryable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-                if matches!(sender, Sender::H2(_)) {
-                    // HTTP/2 carries the host in :authority; a Host header would be a duplicate.
-                    up.headers_mut().remove(header::HOST);
-                } else {
-                    *up.version_mut() = http::Version::HTTP_11;
-                }
-                match send(sender, up, settings.response_timeout.0).await {
-                    Ok((resp, sender)) => {
+                match sent {
+                    Ok(Answer::Hyper(resp, sender)) => {
                         self.upstream.report(&server, resp.status() != StatusCode::BAD_GATEWAY);
-                        return self.respond(resp, sender, flight, client_upgrade, parts.method == Method::HEAD);
+                        return self.respond(resp, sender, flight, client_upgrade, head_request);
+                    }
+                    Ok(Answer::Lean(head, conn)) => {
+                        self.upstream.report(&server, head.status != StatusCode::BAD_GATEWAY);
+                        return self.respond_lean(head, conn, flight);
                     }
                     Err(SendError::Timeout) => {
                         tracing::warn!(upstream = %self.upstream.name, server = %server.address, "no response within {:?}", settings.response_timeout.0);
@@ -422,30 +447,77 @@ impl ProxyRoute {
     }
 }
 
+impl ProxyRoute {
+    /// The client's response from a lean exchange: hop-by-hop headers go, the body follows as
+    /// bytes when it came whole (the connection is back in the pool already) or as a stream.
+    fn respond_lean(&self, head: h1::Head, conn: h1::Conn, flight: InFlight) -> Response<Body> {
+        let max_idle = self.upstream.settings.max_idle;
+        let answer = conn.body(&head, move |conn| {
+            if let Some(conn) = conn {
+                pool::put(flight.server().id, Sender::Raw(conn), max_idle);
+            }
+        });
+        let h1::Head { status, mut headers, .. } = head;
+        strip_hop_by_hop(&mut headers);
+        let body = match answer {
+            h1::Answer::Empty => Body::empty(),
+            h1::Answer::Whole(bytes) => Body::full(bytes),
+            h1::Answer::Streaming(s) => Body::stream(s),
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        *r.headers_mut() = headers;
+        r
+    }
+}
+
+/// What an upstream answered: by hyper's client (with its connection, to pool once the body
+/// is read, for HTTP/1.1), or by the lean one.
+enum Answer {
+    Hyper(Response<Incoming>, Option<Sender>),
+    Lean(h1::Head, h1::Conn),
+}
+
+/// Sends a request without a body by the lean client and reads the response head.
+async fn exchange(
+    mut conn: h1::Conn,
+    parts: &http::request::Parts,
+    target: &PathAndQuery,
+    timeout: std::time::Duration,
+) -> Result<Answer, SendError> {
+    let fut = async move {
+        conn.send(&parts.method, target.as_str(), &parts.headers).await?;
+        let head = conn.read_head(parts.method == Method::HEAD).await?;
+        Ok(Answer::Lean(head, conn))
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(|e: h1::Error| SendError::Failed(Box::new(e))),
+        Err(_) => Err(SendError::Timeout),
+    }
+}
+
 enum SendError {
     Timeout,
-    Failed(hyper::Error),
+    Failed(pool::BoxError),
 }
 
 /// Sends a request; for HTTP/1.1 the sender comes back with the response, to be pooled once
 /// the body is read.
-async fn send(
-    sender: Sender,
-    req: Request<UpBody>,
-    timeout: std::time::Duration,
-) -> Result<(Response<Incoming>, Option<Sender>), SendError> {
+async fn send(sender: Sender, req: Request<UpBody>, timeout: std::time::Duration) -> Result<Answer, SendError> {
+    let failed = |e: hyper::Error| SendError::Failed(Box::new(e));
     let fut = async move {
         match sender {
             Sender::H1(mut s) => {
-                s.ready().await.map_err(SendError::Failed)?;
-                let resp = s.send_request(req).await.map_err(SendError::Failed)?;
-                Ok((resp, Some(Sender::H1(s))))
+                s.ready().await.map_err(failed)?;
+                let resp = s.send_request(req).await.map_err(failed)?;
+                Ok(Answer::Hyper(resp, Some(Sender::H1(s))))
             }
             Sender::H2(mut s) => {
-                s.ready().await.map_err(SendError::Failed)?;
-                let resp = s.send_request(req).await.map_err(SendError::Failed)?;
-                Ok((resp, None))
+                s.ready().await.map_err(failed)?;
+                let resp = s.send_request(req).await.map_err(failed)?;
+                Ok(Answer::Hyper(resp, None))
             }
+            Sender::Raw(_) => Err(SendError::Failed("a bare connection was given to hyper's client".into())),
         }
     };
     tokio::time::timeout(timeout, fut).await.unwrap_or(Err(SendError::Timeout))

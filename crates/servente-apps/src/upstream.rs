@@ -227,22 +227,26 @@ async fn check_once(u: &Upstream, s: &Arc<Server>, h: &Health) {
 /// One GET on a fresh connection; the status, or why there is none.
 pub async fn probe(address: &Address, protocol: servente_config::UpstreamProtocol, path: &str, timeout: Duration) -> Result<u16, String> {
     let fut = async {
-        let sender = pool::connect(address, protocol, timeout).await.map_err(|e| e.to_string())?;
-        let uri: http::Uri = match &sender {
-            pool::Sender::H2(_) => format!("http://localhost{path}").parse(),
-            pool::Sender::H1(_) => path.parse(),
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
+        headers.insert(http::header::USER_AGENT, http::HeaderValue::from_static("servente-health-check"));
+        if protocol == servente_config::UpstreamProtocol::Http1 {
+            if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+                return Err(format!("bad check path: {path}"));
+            }
+            let mut conn = pool::open(address, timeout).await.map_err(|e| e.to_string())?;
+            conn.send(&http::Method::GET, path, &headers).await.map_err(|e| e.to_string())?;
+            let head = conn.read_head(false).await.map_err(|e| e.to_string())?;
+            return Ok(head.status.as_u16());
         }
-        .map_err(|e| format!("bad check path: {e}"))?;
-        let req = http::Request::get(uri)
-            .header(http::header::HOST, "localhost")
-            .header(http::header::USER_AGENT, "servente-health-check")
-            .body(crate::proxy::empty_body())
-            .map_err(|e| e.to_string())?;
-        let resp = match sender {
-            pool::Sender::H1(mut s) => s.send_request(req).await,
-            pool::Sender::H2(mut s) => s.send_request(req).await,
-        }
-        .map_err(|e| e.to_string())?;
+        let pool::Sender::H2(mut sender) = pool::connect(address, protocol, timeout).await.map_err(|e| e.to_string())? else {
+            return Err("not an HTTP/2 connection".into());
+        };
+        let uri: http::Uri = format!("http://localhost{path}").parse().map_err(|e| format!("bad check path: {e}"))?;
+        let mut req = http::Request::get(uri).body(crate::proxy::empty_body()).map_err(|e| e.to_string())?;
+        headers.remove(http::header::HOST);
+        *req.headers_mut() = headers;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         Ok(resp.status().as_u16())
     };
     tokio::time::timeout(timeout, fut).await.unwrap_or_else(|_| Err("timed out".into()))
