@@ -149,11 +149,13 @@ pub struct Head {
 pub struct Conn {
     io: Stream,
     buf: BytesMut,
+    /// The request head being sent, kept to be reused by the next request.
+    out: Vec<u8>,
 }
 
 impl Conn {
     pub fn new(io: Stream) -> Conn {
-        Conn { io, buf: BytesMut::new() }
+        Conn { io, buf: BytesMut::new(), out: Vec::new() }
     }
 
     /// The bare stream, for hyper's client (only an idle connection, which holds no bytes, is
@@ -176,8 +178,9 @@ impl Conn {
 
     /// Sends a request without a body: the request line, then the headers as they are.
     pub async fn send(&mut self, method: &Method, target: &str, headers: &HeaderMap) -> Result<(), Error> {
-        let head = encode_request(method, target, headers);
-        self.io.write_all(&head).await.map_err(Error::NoAnswer)
+        self.out.clear();
+        encode_request(&mut self.out, method, target, headers);
+        self.io.write_all(&self.out).await.map_err(Error::NoAnswer)
     }
 
     /// Reads the final response head (1xx answers are skipped).
@@ -227,7 +230,14 @@ impl Conn {
                 done(head.reusable.then_some(self).filter(|c| c.buf.is_empty()));
                 Answer::Whole(bytes)
             }
-            _ => Answer::Streaming(Streaming { conn: Some(self), decoder, reusable: head.reusable, done: Some(Box::new(done)) }),
+            _ => Answer::Streaming(Streaming {
+                conn: Some(self),
+                decoder,
+                reusable: head.reusable,
+                done: Some(Box::new(done)),
+                unflushed: false,
+                failure: None,
+            }),
         }
     }
 }
@@ -247,9 +257,28 @@ pub struct Streaming {
     decoder: Decoder,
     reusable: bool,
     done: Option<Done>,
+    /// Data went out since the last `Pending`: hyper may still hold it unsent.
+    unflushed: bool,
+    /// A failure held back for one poll (see `fail`).
+    failure: Option<io::Error>,
 }
 
 impl Streaming {
+    /// Ends the body with an error. When data was handed out in the same poll burst, the error
+    /// waits one turn: hyper writes out what it holds when a body says `Pending`, so the client
+    /// gets the head and the bytes that did arrive (and sees a transfer cut short) rather than
+    /// nothing at all.
+    fn fail(&mut self, e: io::Error, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.conn = None;
+        if self.unflushed {
+            self.unflushed = false;
+            self.failure = Some(e);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Err(e)))
+    }
+
     fn finish(&mut self) {
         let conn = self.conn.take().filter(|c| self.reusable && c.buf.is_empty());
         if let Some(done) = self.done.take() {
@@ -264,6 +293,9 @@ impl http_body::Body for Streaming {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
+        if let Some(e) = this.failure.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
         loop {
             let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
             match this.decoder.next(&mut conn.buf) {
@@ -273,6 +305,7 @@ impl http_body::Body for Streaming {
                     if this.decoder == Decoder::Done {
                         this.finish();
                     }
+                    this.unflushed = true;
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
                 Ok(Step::Done) => {
@@ -280,31 +313,25 @@ impl http_body::Body for Streaming {
                     return Poll::Ready(None);
                 }
                 Ok(Step::More) => {}
-                Err(e) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
+                Err(e) => return this.fail(e, cx),
             }
             conn.buf.reserve(READ_ROOM);
             match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    this.unflushed = false;
+                    return Poll::Pending;
+                }
                 Poll::Ready(Ok(0)) if this.decoder == Decoder::UntilClose => {
                     this.reusable = false;
                     this.finish();
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Ok(0)) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the upstream closed the connection before the end of the body",
-                    ))));
+                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the upstream closed the connection before the end of the body");
+                    return this.fail(e, cx);
                 }
                 Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
+                Poll::Ready(Err(e)) => return this.fail(e, cx),
             }
         }
     }
@@ -323,8 +350,8 @@ impl http_body::Body for Streaming {
 }
 
 /// The request head as bytes: request line, then the headers as they are.
-fn encode_request(method: &Method, target: &str, headers: &HeaderMap) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + target.len() + headers.len() * 40);
+fn encode_request(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+    out.reserve(32 + target.len() + headers.len() * 40);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -336,7 +363,6 @@ fn encode_request(method: &Method, target: &str, headers: &HeaderMap) -> Vec<u8>
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// What `parse_head` found at the start of the buffer.

@@ -91,6 +91,33 @@ impl http_body::Body for CappedBody {
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Calls `f` with the client's address as X-Forwarded-For names it and as a Forwarded `for=`
+/// node. The text of the last address is kept per thread: a kept-alive client sends many
+/// requests, and formatting an address each time showed in profiles.
+fn peer_text<R>(peer: Option<IpAddr>, f: impl FnOnce(&HeaderValue, &str) -> R) -> R {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(Option<IpAddr>, HeaderValue, String)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        let (ip, client, node) = last.take().filter(|(ip, ..)| *ip == peer).unwrap_or_else(|| {
+            let (client, node) = match peer {
+                Some(IpAddr::V6(ip)) => (ip.to_string(), format!("\"[{ip}]\"")),
+                Some(ip) => (ip.to_string(), ip.to_string()),
+                None => ("unix".to_string(), "unknown".to_string()),
+            };
+            (peer, HeaderValue::from_maybe_shared(Bytes::from(client)).unwrap_or(HeaderValue::from_static("unknown")), node)
+        });
+        let result = f(&client, &node);
+        *last = Some((ip, client, node));
+        result
+    })
+}
+
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -104,6 +131,10 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages have none: one pass over the names is cheaper than a lookup for each.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if !h.contains_key(header::CONNECTION) {
         for n in HOP_BY_HOP.iter().skip(1) {
             h.remove(n);
@@ -181,62 +212,56 @@ impl ProxyRoute {
     /// Sets (or, from trusted proxies, extends) the forwarding headers.
     fn forwarding_headers(&self, h: &mut HeaderMap, cx: &RequestCx) {
         let peer = cx.peer.map(|p| p.ip().to_canonical());
-        let trusted = peer.is_some_and(|ip| self.trusted.iter().any(|c| in_cidr(ip, *c)));
-        let xff = HeaderName::from_static("x-forwarded-for");
-        let xfp = HeaderName::from_static("x-forwarded-proto");
-        let xfh = HeaderName::from_static("x-forwarded-host");
-        let fwd = HeaderName::from_static("forwarded");
-        let previous_for: Vec<String> =
-            if trusted { h.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect() } else { Vec::new() };
-        let previous_forwarded: Vec<String> =
-            if trusted { h.get_all(&fwd).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect() } else { Vec::new() };
-        if !trusted {
-            for n in [&xff, &xfp, &xfh, &fwd] {
+        let trusted = !self.trusted.is_empty() && peer.is_some_and(|ip| self.trusted.iter().any(|c| in_cidr(ip, *c)));
+        let forwarding = [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &FORWARDED];
+        // What an untrusted client says about earlier hops is not passed on.
+        let previous = |h: &HeaderMap, name: &HeaderName| -> Option<String> {
+            let values: Vec<&str> = h.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+            (trusted && !values.is_empty()).then(|| values.join(", "))
+        };
+        let previous_for = previous(h, &X_FORWARDED_FOR);
+        let previous_forwarded = previous(h, &FORWARDED);
+        if !trusted && h.keys().any(|k| forwarding.contains(&k)) {
+            for n in forwarding {
                 h.remove(n);
             }
         }
         if !self.forwarded {
             return;
         }
-        let client = match peer {
-            Some(ip) => ip.to_string(),
-            None => "unix".to_string(),
-        };
         let proto = if cx.tls { "https" } else { "http" };
-        let mut list = previous_for.join(", ");
-        if !list.is_empty() {
-            list.push_str(", ");
+        let host = h.get(header::HOST).filter(|v| v.to_str().is_ok()).cloned();
+        if !h.contains_key(&X_FORWARDED_PROTO) {
+            h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
-        list.push_str(&client);
-        if let Ok(v) = HeaderValue::from_str(&list) {
-            h.insert(&xff, v);
-        }
-        if !h.contains_key(&xfp) {
-            h.insert(&xfp, HeaderValue::from_static(if cx.tls { "https" } else { "http" }));
-        }
-        let host = h.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string);
-        if !h.contains_key(&xfh)
-            && let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+        if !h.contains_key(&X_FORWARDED_HOST)
+            && let Some(v) = &host
         {
-            h.insert(&xfh, v);
+            h.insert(&X_FORWARDED_HOST, v.clone());
         }
-        let node = match peer {
-            Some(IpAddr::V6(ip)) => format!("\"[{ip}]\""),
-            Some(ip) => ip.to_string(),
-            None => "unknown".to_string(),
-        };
-        let mut element = format!("for={node};proto={proto}");
-        if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
-            element.push_str(&format!(";host=\"{host}\""));
-        }
-        let mut value = previous_forwarded.join(", ");
-        if !value.is_empty() {
-            value.push_str(", ");
-        }
-        value.push_str(&element);
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(&fwd, v);
-        }
+        peer_text(peer, |client, node| {
+            let xff = match previous_for {
+                Some(list) => HeaderValue::from_maybe_shared(Bytes::from(format!("{list}, {}", client.to_str().unwrap_or_default()))).ok(),
+                None => Some(client.clone()),
+            };
+            if let Some(v) = xff {
+                h.insert(&X_FORWARDED_FOR, v);
+            }
+            let mut value = previous_forwarded.map(|list| list + ", ").unwrap_or_default();
+            value.push_str("for=");
+            value.push_str(node);
+            value.push_str(";proto=");
+            value.push_str(proto);
+            if let Some(host) = host.as_ref().and_then(|v| v.to_str().ok()).filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+            {
+                value.push_str(";host=\"");
+                value.push_str(host);
+                value.push('"');
+            }
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+                h.insert(&FORWARDED, v);
+            }
+        });
     }
 
     /// The value consistent hashing keys on.
@@ -287,22 +312,27 @@ impl ProxyRoute {
         let lean = !has_body && !upgrade && settings.protocol == UpstreamProtocol::Http1;
         let head_request = parts.method == Method::HEAD;
         let attempts = if retryable { 1 + settings.retries } else { 1 };
+        // Servers already tried, noted only when another attempt follows (the common request
+        // that succeeds at once allocates nothing).
         let mut tried: Vec<u64> = Vec::new();
+        let mut picked = false;
         for _ in 0..attempts {
             let Some(flight) = self.upstream.pick(hash.as_deref(), &tried) else { break };
             let server = flight.server().clone();
-            tried.push(server.id);
+            picked = true;
             // A pooled connection may have been closed by the server a moment ago; a request
             // that is safe to repeat then gets one fresh connection to the same server.
             let mut fresh_tries = if retryable { 2 } else { 1 };
             let mut pooled = pool::take(server.id, settings.idle_timeout.0);
             loop {
                 let reused = pooled.is_some();
+                // hyper's futures are large and rare here (requests with bodies, new
+                // connections): boxed, they keep this future small for the common request.
                 let opened = match pooled.take() {
-                    Some(Sender::Raw(conn)) if !lean => pool::handshake(conn.into_stream(), settings.protocol).await,
+                    Some(Sender::Raw(conn)) if !lean => Box::pin(pool::handshake(conn.into_stream(), settings.protocol)).await,
                     Some(s) => Ok(s),
                     None if lean => pool::open(&server.address, settings.connect_timeout.0).await.map(Sender::Raw),
-                    None => pool::connect(&server.address, settings.protocol, settings.connect_timeout.0).await,
+                    None => Box::pin(pool::connect(&server.address, settings.protocol, settings.connect_timeout.0)).await,
                 };
                 let sender = match opened {
                     Ok(s) => s,
@@ -346,7 +376,7 @@ impl ProxyRoute {
                         } else {
                             *up.version_mut() = http::Version::HTTP_11;
                         }
-                        send(sender, up, settings.response_timeout.0).await
+                        Box::pin(send(sender, up, settings.response_timeout.0)).await
                     }
                 };
                 match sent {
@@ -386,8 +416,9 @@ impl ProxyRoute {
                     }
                 }
             }
+            tried.push(server.id);
         }
-        if tried.is_empty() {
+        if !picked {
             bad_gateway(StatusCode::SERVICE_UNAVAILABLE, "service unavailable: no upstream server is available\n")
         } else {
             bad_gateway(StatusCode::BAD_GATEWAY, "bad gateway: no upstream server could answer\n")

@@ -68,11 +68,13 @@ impl Server {
 
     /// Left out after failing (its failures are then old news: log them quietly).
     pub fn is_down(&self) -> bool {
-        self.passively_down(millis())
+        self.passively_down()
     }
 
-    fn passively_down(&self, now: u64) -> bool {
-        self.down_until.load(Relaxed) > now
+    /// Left out after failures; the clock is read only for a server that has failed before.
+    fn passively_down(&self) -> bool {
+        let until = self.down_until.load(Relaxed);
+        until != 0 && until > millis()
     }
 
     fn eligible(&self) -> bool {
@@ -129,9 +131,8 @@ impl Upstream {
     /// checks are used only when no other is left (so that a recovered group is noticed).
     pub fn pick(&self, hash_value: Option<&[u8]>, tried: &[u64]) -> Option<InFlight> {
         let servers = self.servers.load();
-        let now = millis();
         let candidates = |allow_down: bool| {
-            servers.iter().filter(move |s| s.eligible() && !tried.contains(&s.id) && (allow_down || !s.passively_down(now)))
+            servers.iter().filter(move |s| s.eligible() && !tried.contains(&s.id) && (allow_down || !s.passively_down()))
         };
         let choose = |allow_down: bool| -> Option<Arc<Server>> {
             match (self.settings.balance, hash_value) {
@@ -144,11 +145,12 @@ impl Upstream {
                 }
                 _ => {
                     // Two passes over the (short) list instead of collecting it: no allocation.
-                    let n = candidates(allow_down).count();
-                    if n == 0 {
-                        return None;
+                    // The shared counter moves only when there is a choice to make.
+                    match candidates(allow_down).count() {
+                        0 => None,
+                        1 => candidates(allow_down).next().cloned(),
+                        n => candidates(allow_down).nth(self.next.fetch_add(1, Relaxed) % n).cloned(),
                     }
-                    candidates(allow_down).nth(self.next.fetch_add(1, Relaxed) % n).cloned()
                 }
             }
         };
@@ -160,7 +162,10 @@ impl Upstream {
     /// Records the outcome of a request to `server` (passive health).
     pub fn report(&self, server: &Server, ok: bool) {
         if ok {
-            server.fails.store(0, Relaxed);
+            // Read first: a write on every request would bounce the line between cores.
+            if server.fails.load(Relaxed) != 0 {
+                server.fails.store(0, Relaxed);
+            }
             return;
         }
         let fails = server.fails.fetch_add(1, Relaxed) + 1;

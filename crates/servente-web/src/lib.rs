@@ -134,6 +134,9 @@ impl WebRole {
         self.sites.get(index)
     }
 
+    /// Every request's future is as large as the largest branch it may take, and is moved a few
+    /// times on its way into hyper's connection; the large branches (WebDAV, sign-in checks,
+    /// FastCGI) are boxed so that the common ones (static files, proxying) stay small.
     pub async fn handle(&self, req: Request<Incoming>, cx: &mut RequestCx) -> Response<Body> {
         match self.site_for(&req, cx) {
             Some(site) => {
@@ -143,12 +146,12 @@ impl WebRole {
                         return servente_core::redirect(StatusCode::MOVED_PERMANENTLY, mount);
                     }
                     if let Some(files) = &self.files {
-                        return files.handle(mount, req, cx).await;
+                        return Box::pin(files.handle(mount, req, cx)).await;
                     }
                 }
                 let (acl, proxy) = site.rules_for(req.uri().path());
                 if let Some(acl) = acl
-                    && let Err(refusal) = self.check_access(acl, &req, cx).await
+                    && let Err(refusal) = Box::pin(self.check_access(acl, &req, cx)).await
                 {
                     return refusal;
                 }
@@ -156,7 +159,7 @@ impl WebRole {
                     return route.handle(req, cx).await;
                 }
                 if let Some((route, script)) = site.fastcgi_script(req.uri().path()).await {
-                    return route.run(req, script, cx).await;
+                    return Box::pin(route.run(req, script, cx)).await;
                 }
                 site.handle(&req, cx.started).await
             }

@@ -43,7 +43,9 @@ impl Router for AppRouter {
             }
         }
         match self.roles[cx.listener_index].1 {
-            ListenerRole::Admin => self.admin.handle(req, cx).await,
+            // Boxed: the console's future is large, and every web request's future would be as
+            // large as it (and be moved that much) if it were inline.
+            ListenerRole::Admin => Box::pin(self.admin.handle(req, cx)).await,
             ListenerRole::Web => self.web.handle(req, cx).await,
         }
     }
