@@ -443,6 +443,11 @@ strip_prefix = "/unix"
     assert_eq!(header(&e, "x-forwarded-proto").as_deref(), Some("http"), "{e}");
     assert_eq!(header(&e, "x-forwarded-host").as_deref(), Some("app.example"), "{e}");
     assert_eq!(header(&e, "forwarded").as_deref(), Some("for=127.0.0.1;proto=http;host=\"app.example\""), "{e}");
+    // An HTTP/2 client names the host in :authority; the HTTP/1.1 upstream gets it as Host.
+    let e = echo(&["--http2-prior-knowledge", &format!("{base}/app/echo/h2")]);
+    let authority = base.trim_start_matches("http://").to_string();
+    assert_eq!((e["target"].as_str(), header(&e, "host")), (Some("/echo/h2"), Some(authority.clone())), "{e}");
+    assert_eq!(header(&e, "x-forwarded-host"), Some(authority), "{e}");
     // Without strip_prefix the path goes as it is; files are still served beside the routes.
     let e = echo(&[&format!("{base}/echo/a/b?q=1")]);
     assert_eq!(e["target"].as_str(), Some("/echo/a/b?q=1"), "{e}");
