@@ -318,7 +318,7 @@ impl ProxyRoute {
         let mut picked = false;
         for _ in 0..attempts {
             let Some(flight) = self.upstream.pick(hash.as_deref(), &tried) else { break };
-            let server = flight.server().clone();
+            let server = flight.server();
             picked = true;
             // A pooled connection may have been closed by the server a moment ago; a request
             // that is safe to repeat then gets one fresh connection to the same server.
@@ -344,7 +344,7 @@ impl ProxyRoute {
                         } else {
                             tracing::warn!(upstream = %self.upstream.name, server = %server.address, "cannot connect: {e}");
                         }
-                        self.upstream.report(&server, false);
+                        self.upstream.report(server, false);
                         break;
                     }
                 };
@@ -381,16 +381,16 @@ impl ProxyRoute {
                 };
                 match sent {
                     Ok(Answer::Hyper(resp, sender)) => {
-                        self.upstream.report(&server, resp.status() != StatusCode::BAD_GATEWAY);
+                        self.upstream.report(server, resp.status() != StatusCode::BAD_GATEWAY);
                         return self.respond(resp, sender, flight, client_upgrade, head_request);
                     }
                     Ok(Answer::Lean(head, conn)) => {
-                        self.upstream.report(&server, head.status != StatusCode::BAD_GATEWAY);
+                        self.upstream.report(server, head.status != StatusCode::BAD_GATEWAY);
                         return self.respond_lean(head, conn, flight);
                     }
                     Err(SendError::Timeout) => {
                         tracing::warn!(upstream = %self.upstream.name, server = %server.address, "no response within {:?}", settings.response_timeout.0);
-                        self.upstream.report(&server, false);
+                        self.upstream.report(server, false);
                         return bad_gateway(StatusCode::GATEWAY_TIMEOUT, "gateway timeout: the upstream server did not answer in time\n");
                     }
                     Err(SendError::Failed(_)) if too_large.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) => {
@@ -408,7 +408,7 @@ impl ProxyRoute {
                         } else {
                             tracing::warn!(upstream = %self.upstream.name, server = %server.address, "request failed: {e}");
                         }
-                        self.upstream.report(&server, false);
+                        self.upstream.report(server, false);
                         if !retryable {
                             return bad_gateway(StatusCode::BAD_GATEWAY, "bad gateway: the upstream server failed to answer\n");
                         }

@@ -15,26 +15,53 @@ use std::time::Duration;
 const LATENCY_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Request counters of one site (or of one role's unnamed traffic, such as the admin listener).
+///
+/// Every request adds to them, from every worker thread: kept in one place, their cache lines
+/// would bounce between cores on each request. Each thread adds to a shard of its own (threads
+/// beyond `SHARDS` share), and readers sum the shards.
 pub struct SiteStats {
     name: String,
+    shards: Box<[Shard]>,
+}
+
+/// How many copies of a site's counters there are.
+const SHARDS: usize = 8;
+
+/// One thread's share of a site's counters, on cache lines of its own.
+#[repr(align(128))]
+struct Shard {
     /// Requests by status code: index `status - 100`.
-    by_status: Box<[AtomicU64; 500]>,
+    by_status: [AtomicU64; 500],
     bytes_sent: AtomicU64,
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
 }
 
-impl SiteStats {
-    fn new(name: &str) -> Self {
-        SiteStats {
-            name: name.to_string(),
-            by_status: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+impl Shard {
+    fn new() -> Self {
+        Shard {
+            by_status: std::array::from_fn(|_| AtomicU64::new(0)),
             bytes_sent: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_count: AtomicU64::new(0),
             latency_sum_micros: AtomicU64::new(0),
         }
+    }
+}
+
+/// The shard the current thread adds to: threads take the next one when they first count.
+fn shard_index() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
+impl SiteStats {
+    fn new(name: &str) -> Self {
+        SiteStats { name: name.to_string(), shards: (0..SHARDS).map(|_| Shard::new()).collect() }
     }
 
     pub fn name(&self) -> &str {
@@ -43,32 +70,42 @@ impl SiteStats {
 
     /// Records one finished request.
     pub fn record(&self, status: u16, bytes: u64, elapsed: Duration) {
-        if let Some(c) = self.by_status.get(usize::from(status.saturating_sub(100))) {
+        let shard = &self.shards[shard_index()];
+        if let Some(c) = shard.by_status.get(usize::from(status.saturating_sub(100))) {
             c.fetch_add(1, Relaxed);
         }
         if bytes > 0 {
-            self.bytes_sent.fetch_add(bytes, Relaxed);
+            shard.bytes_sent.fetch_add(bytes, Relaxed);
         }
         let secs = elapsed.as_secs_f64();
         if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
+            shard.buckets[i].fetch_add(1, Relaxed);
         }
-        self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
+        shard.latency_count.fetch_add(1, Relaxed);
+        shard.latency_sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
     }
 
-    /// Total requests answered with `status`.
+    /// A counter summed over the shards.
+    fn sum(&self, counter: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| counter(s).load(Relaxed)).sum()
+    }
+
     /// Totals since start: bytes sent, and requests by status class (`[1xx, 2xx, 3xx, 4xx, 5xx]`).
     pub fn totals(&self) -> (u64, [u64; 5]) {
         let mut classes = [0u64; 5];
-        for (i, c) in self.by_status.iter().enumerate() {
-            classes[(i / 100).min(4)] += c.load(Relaxed);
+        for i in 0..500 {
+            classes[(i / 100).min(4)] += self.sum(|s| &s.by_status[i]);
         }
-        (self.bytes_sent.load(Relaxed), classes)
+        (self.sum(|s| &s.bytes_sent), classes)
     }
 
+    /// Total requests answered with `status`.
     pub fn requests_with_status(&self, status: u16) -> u64 {
-        self.by_status.get(usize::from(status.saturating_sub(100))).map(|c| c.load(Relaxed)).unwrap_or(0)
+        let i = usize::from(status.saturating_sub(100));
+        if i >= 500 {
+            return 0;
+        }
+        self.sum(|s| &s.by_status[i])
     }
 }
 
@@ -166,8 +203,8 @@ impl Metrics {
         let sites = self.sites.lock().unwrap_or_else(|p| p.into_inner()).clone();
         out.push_str("# HELP servente_http_requests_total HTTP requests answered, by site and status.\n# TYPE servente_http_requests_total counter\n");
         for s in &sites {
-            for (i, c) in s.by_status.iter().enumerate() {
-                let n = c.load(Relaxed);
+            for i in 0..500 {
+                let n = s.sum(|shard| &shard.by_status[i]);
                 if n > 0 {
                     let _ = writeln!(out, "servente_http_requests_total{{site=\"{}\",status=\"{}\"}} {n}", escape(&s.name), i + 100);
                 }
@@ -175,22 +212,22 @@ impl Metrics {
         }
         out.push_str("# HELP servente_http_response_bytes_total Response body bytes sent, by site.\n# TYPE servente_http_response_bytes_total counter\n");
         for s in &sites {
-            let _ = writeln!(out, "servente_http_response_bytes_total{{site=\"{}\"}} {}", escape(&s.name), s.bytes_sent.load(Relaxed));
+            let _ = writeln!(out, "servente_http_response_bytes_total{{site=\"{}\"}} {}", escape(&s.name), s.sum(|shard| &shard.bytes_sent));
         }
         out.push_str("# HELP servente_http_request_duration_seconds Time from request head to the end of the response, by site.\n# TYPE servente_http_request_duration_seconds histogram\n");
         for s in &sites {
             let name = escape(&s.name);
             let mut cumulative = 0;
-            for (b, c) in LATENCY_BUCKETS.iter().zip(&s.buckets) {
-                cumulative += c.load(Relaxed);
+            for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += s.sum(|shard| &shard.buckets[i]);
                 let _ = writeln!(out, "servente_http_request_duration_seconds_bucket{{site=\"{name}\",le=\"{b}\"}} {cumulative}");
             }
-            let count = s.latency_count.load(Relaxed);
+            let count = s.sum(|shard| &shard.latency_count);
             let _ = writeln!(out, "servente_http_request_duration_seconds_bucket{{site=\"{name}\",le=\"+Inf\"}} {count}");
             let _ = writeln!(
                 out,
                 "servente_http_request_duration_seconds_sum{{site=\"{name}\"}} {}",
-                s.latency_sum_micros.load(Relaxed) as f64 / 1e6
+                s.sum(|shard| &shard.latency_sum_micros) as f64 / 1e6
             );
             let _ = writeln!(out, "servente_http_request_duration_seconds_count{{site=\"{name}\"}} {count}");
         }
@@ -220,5 +257,29 @@ mod tests {
         assert!(text.contains("servente_http_request_duration_seconds_bucket{site=\"docs\",le=\"0.0005\"} 1"));
         assert!(text.contains("servente_http_request_duration_seconds_bucket{site=\"docs\",le=\"0.025\"} 2"));
         assert!(text.contains("servente_http_request_duration_seconds_count{site=\"docs\"} 2"));
+    }
+
+    #[test]
+    fn counts_from_many_threads_add_up() {
+        let m = Metrics::new();
+        let s = m.site("busy");
+        std::thread::scope(|scope| {
+            for t in 0..(2 * SHARDS as u64) {
+                let s = s.clone();
+                scope.spawn(move || {
+                    for _ in 0..100 {
+                        s.record(200, t + 1, Duration::from_millis(2));
+                    }
+                    s.record(503, 0, Duration::from_secs(20));
+                });
+            }
+        });
+        let threads = 2 * SHARDS as u64;
+        let (bytes, classes) = s.totals();
+        assert_eq!((bytes, classes), ((1..=threads).sum::<u64>() * 100, [0, threads * 100, 0, 0, threads]));
+        assert_eq!((s.requests_with_status(200), s.requests_with_status(503), s.requests_with_status(999)), (threads * 100, threads, 0));
+        let text = m.render();
+        assert!(text.contains(&format!("servente_http_request_duration_seconds_count{{site=\"busy\"}} {}", threads * 101)), "{text}");
+        assert!(text.contains(&format!("servente_http_request_duration_seconds_bucket{{site=\"busy\",le=\"10\"}} {}", threads * 100)), "{text}");
     }
 }

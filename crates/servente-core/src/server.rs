@@ -403,9 +403,17 @@ async fn serve_http<R, IO>(
     let guarded = GuardedIo::new(io, state.clone(), settings.guard, h2).on_header_timeout(move || {
         metrics.header_timeouts.fetch_add(1, Relaxed);
     });
-    let info = Arc::new(ConnInfo { listener: spec.name.clone(), listener_index: spec.index, peer, tls: spec.tls.is_some(), sni, state });
+    let info = Arc::new(ConnInfo {
+        engine: shared.engine.clone(),
+        listener: Arc::from(&*spec.name),
+        listener_index: spec.index,
+        peer,
+        tls: spec.tls.is_some(),
+        sni,
+        state,
+    });
     let shared2 = shared.clone();
-    let service = service_fn(move |req| serve_request(shared2.router.load_full(), shared2.engine.clone(), info.clone(), req));
+    let service = service_fn(move |req| serve_request(shared2.router.load_full(), info.clone(), req));
     let builder = match h2 {
         Some(true) => &settings.http2_only,
         Some(false) => &settings.http1_only,
