@@ -212,7 +212,8 @@ impl Metrics {
         }
         out.push_str("# HELP servente_http_response_bytes_total Response body bytes sent, by site.\n# TYPE servente_http_response_bytes_total counter\n");
         for s in &sites {
-            let _ = writeln!(out, "servente_http_response_bytes_total{{site=\"{}\"}} {}", escape(&s.name), s.sum(|shard| &shard.bytes_sent));
+            let _ =
+                writeln!(out, "servente_http_response_bytes_total{{site=\"{}\"}} {}", escape(&s.name), s.sum(|shard| &shard.bytes_sent));
         }
         out.push_str("# HELP servente_http_request_duration_seconds Time from request head to the end of the response, by site.\n# TYPE servente_http_request_duration_seconds histogram\n");
         for s in &sites {
@@ -280,6 +281,9 @@ mod tests {
         assert_eq!((s.requests_with_status(200), s.requests_with_status(503), s.requests_with_status(999)), (threads * 100, threads, 0));
         let text = m.render();
         assert!(text.contains(&format!("servente_http_request_duration_seconds_count{{site=\"busy\"}} {}", threads * 101)), "{text}");
-        assert!(text.contains(&format!("servente_http_request_duration_seconds_bucket{{site=\"busy\",le=\"10\"}} {}", threads * 100)), "{text}");
+        assert!(
+            text.contains(&format!("servente_http_request_duration_seconds_bucket{{site=\"busy\",le=\"10\"}} {}", threads * 100)),
+            "{text}"
+        );
     }
 }
