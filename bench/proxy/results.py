@@ -101,8 +101,11 @@ def summarize(results, part, servers):
         counted = [r for r in runs if r.get("upstream_connections") is not None and r.get("requests")]
         opened = [r["upstream_connections"] for r in counted]
         share = [r["upstream_connections"] / r["requests"] for r in counted]
+        # CPU the server itself spent per answered request, in microseconds.
+        cpu = [r["server_cpu_seconds"] * 1e6 / r["requests"] for r in runs
+               if r["error"] is None and r.get("server_cpu_seconds") is not None and r.get("requests")]
         out[server] = {"median_rps": median, "rounds_rps": good, "spread_pct": spread,
-                       "errors": errors,
+                       "errors": errors, "cpu_us_per_request": statistics.median(cpu) if cpu else None,
                        "upstream_connections_opened": statistics.median(opened) if opened else None,
                        "upstream_connections_per_request": statistics.median(share) if share else None}
     own = out.get("servente", {}).get("median_rps")
@@ -124,8 +127,8 @@ def print_part(title, command, summary, labels, rounds, verdict):
     print(f"   (load generator and servers share the cores; median req/s of {rounds} round(s){spread})")
     counted = any(info.get("upstream_connections_opened") is not None
                   for info in summary["servers"].values())
-    if counted:
-        print(f"   {'':<40}{'req/s':>16}{'new upstream connections per run':>36}")
+    print(f"   {'':<40}{'req/s':>16}{'CPU µs/request':>16}"
+          + (f"{'new upstream connections per run':>36}" if counted else ""))
     for server, label in labels:
         info = summary["servers"].get(server)
         if info is not None:
@@ -133,9 +136,13 @@ def print_part(title, command, summary, labels, rounds, verdict):
             share = info.get("upstream_connections_per_request")
             extra = (f"{f'{opened:.0f} ({share * 100:.1f}% of requests)':>36}" if opened is not None
                      else (f"{'-':>36}" if counted else ""))
-            print(f"   {label:<40}{cell(info):>16}{extra}")
+            cpu = info.get("cpu_us_per_request")
+            print(f"   {label:<40}{cell(info):>16}{(f'{cpu:.1f}' if cpu else '-'):>16}{extra}")
     ratio = summary["servente_over_nginx"]
-    line = f"   {'servente/nginx':<40}{(f'{ratio:.2f}x' if ratio else '-'):>16}"
+    own_cpu = summary["servers"].get("servente", {}).get("cpu_us_per_request")
+    their_cpu = summary["servers"].get("nginx", {}).get("cpu_us_per_request")
+    cpu_ratio = f"{their_cpu / own_cpu:.2f}x" if own_cpu and their_cpu else "-"
+    line = f"   {'servente/nginx':<40}{(f'{ratio:.2f}x' if ratio else '-'):>16}{cpu_ratio:>16}"
     if verdict and ratio:
         if ratio >= GOAL:
             line += f"   (goal {GOAL:.1f}x reached)"
