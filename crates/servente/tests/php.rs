@@ -87,6 +87,8 @@ echo "https=", $_SERVER['HTTPS'] ?? 'off', "\n";
 echo "remote=", $_SERVER['REMOTE_ADDR'], "\n";
 echo "ua=", $_SERVER['HTTP_USER_AGENT'] ?? '', "\n";
 echo "proxy=", getenv('HTTP_PROXY') ?: ($_SERVER['HTTP_PROXY'] ?? 'none'), "\n";
+echo "xff=", $_SERVER['HTTP_X_FORWARDED_FOR'] ?? 'none', "\n";
+echo "multi=", $_SERVER['HTTP_X_MULTI'] ?? '', "\n";
 echo "visits=", $_SESSION['visits'], "\n";
 echo "post=", json_encode($_POST), "\n";
 foreach ($_FILES as $k => $f) { echo "file=$k:", $f['name'], ":", $f['size'], ":", md5_file($f['tmp_name']), "\n"; }
@@ -118,7 +120,22 @@ fn php_through_fastcgi() {
     let server = fx.start(&php_config(&fpm.socket));
     let base = server.url("web");
 
-    let r = curl(&["-A", "servente-test", "-H", "Proxy: http://evil.example", &format!("{base}/index.php/a/b?x=1")]);
+    // A header spelled with underscores would pass for another one (X_Forwarded_For becomes
+    // HTTP_X_FORWARDED_FOR): such headers are not passed, as nginx does by default; a header
+    // sent twice arrives once, its values joined.
+    let r = curl(&[
+        "-A",
+        "servente-test",
+        "-H",
+        "Proxy: http://evil.example",
+        "-H",
+        "X_Forwarded_For: 6.6.6.6",
+        "-H",
+        "X-Multi: a",
+        "-H",
+        "X-Multi: b",
+        &format!("{base}/index.php/a/b?x=1"),
+    ]);
     assert_eq!(r.status, 200, "{}", r.text());
     let t = r.text();
     for want in [
@@ -130,6 +147,8 @@ fn php_through_fastcgi() {
         "remote=127.0.0.1",
         "ua=servente-test",
         "proxy=none",
+        "xff=none",
+        "multi=a, b",
         "https=off",
     ] {
         assert!(t.contains(want), "missing {want} in:\n{t}");
