@@ -1,4 +1,4 @@
-//! FastCGI (the protocol of php-fpm): the wire format ([`encode_params`], [`Record`],
+//! FastCGI (the protocol of php-fpm): the wire format ([`encode_param`], [`Record`],
 //! [`parse_cgi_head`], no IO), a client that runs one request on a kept-alive connection, and
 //! the site route that decides which requests are scripts, the way nginx's usual PHP setup
 //! does (`try_files $uri $uri/ /index.php`).
@@ -64,16 +64,12 @@ fn write_length(out: &mut Vec<u8>, n: usize) {
     }
 }
 
-/// Name-value pairs in FastCGI's encoding (lengths of 1 or 4 bytes).
-pub fn encode_params<'a>(params: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in params {
-        write_length(&mut out, name.len());
-        write_length(&mut out, value.len());
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(value);
-    }
-    out
+/// Appends one name-value pair in FastCGI's encoding (lengths of 1 or 4 bytes).
+pub fn encode_param(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    write_length(out, name.len());
+    write_length(out, value.len());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(value);
 }
 
 /// One record read from the application.
@@ -273,12 +269,7 @@ impl FastCgiRoute {
     fn params(&self, req: &Request<Incoming>, script: &Script, cx: &RequestCx) -> Vec<u8> {
         use std::fmt::Write as _;
         let mut out = Vec::with_capacity(1024);
-        let mut put = |name: &str, value: &[u8]| {
-            write_length(&mut out, name.len());
-            write_length(&mut out, value.len());
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(value);
-        };
+        let mut put = |name: &str, value: &[u8]| encode_param(&mut out, name, value);
         let uri = req.uri();
         let text = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
         let host = text(header::HOST).or(uri.host()).unwrap_or("localhost");
@@ -571,7 +562,9 @@ mod tests {
     #[test]
     fn params_use_short_and_long_lengths() {
         let long = vec![b'x'; 300];
-        let p = encode_params([("A", b"1".as_slice()), ("LONG", long.as_slice())]);
+        let mut p = Vec::new();
+        encode_param(&mut p, "A", b"1");
+        encode_param(&mut p, "LONG", &long);
         assert_eq!(&p[..4], &[1, 1, b'A', b'1']);
         assert_eq!(p[4], 4);
         assert_eq!(&p[5..9], &(300u32 | 0x8000_0000).to_be_bytes());

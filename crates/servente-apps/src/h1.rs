@@ -408,16 +408,15 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
     Ok(Parsed::Final(n, PendingHead { status, http10: response.version == Some(0), head_request, fields }))
 }
 
-fn tokens(headers: &HeaderMap, name: &HeaderName) -> impl Iterator<Item = String> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect::<Vec<_>>()
-        .into_iter()
+/// The items of a comma-separated list field over all its lines, trimmed, empty ones
+/// skipped (RFC 9110 section 5.6.1); a line that is not text has none.
+pub(crate) fn list_items<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> + 'a {
+    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).filter(|t| !t.is_empty())
+}
+
+/// Whether a list field holds `token` (compared without regard to case).
+pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    list_items(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 impl PendingHead {
@@ -429,12 +428,8 @@ impl PendingHead {
                 .map_err(|_| Error::Malformed(format!("the value of {name} is not valid")))?;
             headers.append(name, value);
         }
-        let connection: Vec<String> = tokens(&headers, &header::CONNECTION).collect();
-        let mut reusable = if self.http10 {
-            connection.iter().any(|t| t == "keep-alive") && !connection.iter().any(|t| t == "close")
-        } else {
-            !connection.iter().any(|t| t == "close")
-        };
+        let close = has_token(&headers, &header::CONNECTION, "close");
+        let mut reusable = !close && (!self.http10 || has_token(&headers, &header::CONNECTION, "keep-alive"));
         let code = self.status.as_u16();
         let framing = if self.head_request || code == 204 || code == 304 {
             Framing::Empty
@@ -446,7 +441,7 @@ impl PendingHead {
                 reusable = false;
             }
             headers.remove(header::CONTENT_LENGTH);
-            if tokens(&headers, &header::TRANSFER_ENCODING).last().as_deref() == Some("chunked") {
+            if list_items(&headers, &header::TRANSFER_ENCODING).last().is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
                 Framing::Chunked
             } else {
                 reusable = false;

@@ -61,17 +61,23 @@ impl std::fmt::Display for Address {
 
 /// A connection able to send requests.
 pub enum Sender {
-    H1(http1::SendRequest<UpBody>),
-    H2(http2::SendRequest<UpBody>),
+    /// Driven by hyper's client, on a task of its own.
+    Hyper(Client),
     /// An HTTP/1.1 connection driven by the request's own task (`h1`), not by hyper.
     Raw(h1::Conn),
+}
+
+/// The sending half of a connection that hyper's client drives.
+pub enum Client {
+    H1(http1::SendRequest<UpBody>),
+    H2(http2::SendRequest<UpBody>),
 }
 
 impl Sender {
     pub fn is_closed(&self) -> bool {
         match self {
-            Sender::H1(s) => s.is_closed(),
-            Sender::H2(s) => s.is_closed(),
+            Sender::Hyper(Client::H1(s)) => s.is_closed(),
+            Sender::Hyper(Client::H2(s)) => s.is_closed(),
             Sender::Raw(_) => false,
         }
     }
@@ -79,7 +85,7 @@ impl Sender {
 
 /// Opens a connection and runs its HTTP handshake; the connection's task is spawned on the
 /// current runtime and ends when the connection closes.
-pub async fn connect(address: &Address, protocol: UpstreamProtocol, timeout: Duration) -> io::Result<Sender> {
+pub async fn connect(address: &Address, protocol: UpstreamProtocol, timeout: Duration) -> io::Result<Client> {
     let fut = async { handshake(open_stream(address).await?, protocol).await };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
@@ -113,7 +119,7 @@ fn tcp(s: tokio::net::TcpStream) -> io::Result<tokio::net::TcpStream> {
 }
 
 /// Runs hyper's client handshake on an open connection and spawns its task.
-pub async fn handshake(io: h1::Stream, protocol: UpstreamProtocol) -> io::Result<Sender> {
+pub async fn handshake(io: h1::Stream, protocol: UpstreamProtocol) -> io::Result<Client> {
     let io = TokioIo::new(io);
     match protocol {
         UpstreamProtocol::Http2 => {
@@ -123,7 +129,7 @@ pub async fn handshake(io: h1::Stream, protocol: UpstreamProtocol) -> io::Result
                     tracing::debug!("upstream HTTP/2 connection ended: {e}");
                 }
             });
-            Ok(Sender::H2(sender))
+            Ok(Client::H2(sender))
         }
         _ => {
             let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(io::Error::other)?;
@@ -133,7 +139,7 @@ pub async fn handshake(io: h1::Stream, protocol: UpstreamProtocol) -> io::Result
                     tracing::debug!("upstream connection ended: {e}");
                 }
             });
-            Ok(Sender::H1(sender))
+            Ok(Client::H1(sender))
         }
     }
 }
@@ -165,8 +171,8 @@ pub fn take(key: PoolKey, max_idle_time: Duration) -> Option<Sender> {
                 continue;
             }
             // HTTP/2 senders are shared: leave a copy for the next request.
-            if let Sender::H2(s) = &idle.sender {
-                let copy = Sender::H2(s.clone());
+            if let Sender::Hyper(Client::H2(s)) = &idle.sender {
+                let copy = Sender::Hyper(Client::H2(s.clone()));
                 list.push(idle);
                 return Some(copy);
             }

@@ -19,7 +19,7 @@ use servente_config::{ProxyRoute as RouteConfig, UpstreamProtocol};
 use servente_core::{Body, RequestCx, simple_response};
 
 use crate::h1;
-use crate::pool::{self, Sender, UpBody};
+use crate::pool::{self, Client, Sender, UpBody};
 use crate::upstream::{InFlight, Upstream};
 
 /// A path of a site forwarded to an upstream.
@@ -141,12 +141,11 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         }
         return;
     }
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+    // Names the Connection header adds to the fixed list (most often it names only
+    // keep-alive or close, which need no owned name).
+    let named: Vec<HeaderName> = h1::list_items(h, &header::CONNECTION)
+        .filter(|t| !HOP_BY_HOP.iter().any(|n| n.as_str().eq_ignore_ascii_case(t)))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for n in named.iter().chain(HOP_BY_HOP.iter()) {
         h.remove(n);
@@ -154,13 +153,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+    req.headers().contains_key(header::UPGRADE) && h1::has_token(req.headers(), &header::CONNECTION, "upgrade")
 }
 
 fn in_cidr(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
@@ -329,10 +322,14 @@ impl ProxyRoute {
                 // hyper's futures are large and rare here (requests with bodies, new
                 // connections): boxed, they keep this future small for the common request.
                 let opened = match pooled.take() {
-                    Some(Sender::Raw(conn)) if !lean => Box::pin(pool::handshake(conn.into_stream(), settings.protocol)).await,
+                    Some(Sender::Raw(conn)) if !lean => {
+                        Box::pin(pool::handshake(conn.into_stream(), settings.protocol)).await.map(Sender::Hyper)
+                    }
                     Some(s) => Ok(s),
                     None if lean => pool::open(&server.address, settings.connect_timeout.0).await.map(Sender::Raw),
-                    None => Box::pin(pool::connect(&server.address, settings.protocol, settings.connect_timeout.0)).await,
+                    None => {
+                        Box::pin(pool::connect(&server.address, settings.protocol, settings.connect_timeout.0)).await.map(Sender::Hyper)
+                    }
                 };
                 let sender = match opened {
                     Ok(s) => s,
@@ -350,12 +347,12 @@ impl ProxyRoute {
                 };
                 let sent = match sender {
                     Sender::Raw(conn) => exchange(conn, &parts, &target, settings.response_timeout.0).await,
-                    sender => {
+                    Sender::Hyper(client) => {
                         let req_body =
                             if retryable { empty_body() } else { body.take().map(|b| b.boxed_unsync()).unwrap_or_else(empty_body) };
                         // HTTP/1.1 takes the origin form as it is; HTTP/2 needs scheme and authority.
-                        let absolute = match (&sender, &server.address) {
-                            (Sender::H1(_) | Sender::Raw(_), _) => None,
+                        let absolute = match (&client, &server.address) {
+                            (Client::H1(_), _) => None,
                             (_, pool::Address::Tcp(a)) => Some(format!("http://{a}{target}")),
                             (_, pool::Address::Name(n)) => Some(format!("http://{n}{target}")),
                             (_, pool::Address::Unix(_)) => Some(format!("http://localhost{target}")),
@@ -370,13 +367,13 @@ impl ProxyRoute {
                         *up.uri_mut() = uri;
                         // Only a request that may be tried again needs its headers kept.
                         *up.headers_mut() = if retryable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-                        if matches!(sender, Sender::H2(_)) {
+                        if matches!(client, Client::H2(_)) {
                             // HTTP/2 carries the host in :authority; a Host header would be a duplicate.
                             up.headers_mut().remove(header::HOST);
                         } else {
                             *up.version_mut() = http::Version::HTTP_11;
                         }
-                        Box::pin(send(sender, up, settings.response_timeout.0)).await
+                        Box::pin(send(client, up, settings.response_timeout.0)).await
                     }
                 };
                 match sent {
@@ -534,21 +531,20 @@ enum SendError {
 
 /// Sends a request; for HTTP/1.1 the sender comes back with the response, to be pooled once
 /// the body is read.
-async fn send(sender: Sender, req: Request<UpBody>, timeout: std::time::Duration) -> Result<Answer, SendError> {
+async fn send(client: Client, req: Request<UpBody>, timeout: std::time::Duration) -> Result<Answer, SendError> {
     let failed = |e: hyper::Error| SendError::Failed(Box::new(e));
     let fut = async move {
-        match sender {
-            Sender::H1(mut s) => {
+        match client {
+            Client::H1(mut s) => {
                 s.ready().await.map_err(failed)?;
                 let resp = s.send_request(req).await.map_err(failed)?;
-                Ok(Answer::Hyper(resp, Some(Sender::H1(s))))
+                Ok(Answer::Hyper(resp, Some(Sender::Hyper(Client::H1(s)))))
             }
-            Sender::H2(mut s) => {
+            Client::H2(mut s) => {
                 s.ready().await.map_err(failed)?;
                 let resp = s.send_request(req).await.map_err(failed)?;
                 Ok(Answer::Hyper(resp, None))
             }
-            Sender::Raw(_) => Err(SendError::Failed("a bare connection was given to hyper's client".into())),
         }
     };
     tokio::time::timeout(timeout, fut).await.unwrap_or(Err(SendError::Timeout))

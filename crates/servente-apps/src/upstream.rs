@@ -244,7 +244,7 @@ pub async fn probe(address: &Address, protocol: servente_config::UpstreamProtoco
             let head = conn.read_head(false).await.map_err(|e| e.to_string())?;
             return Ok(head.status.as_u16());
         }
-        let pool::Sender::H2(mut sender) = pool::connect(address, protocol, timeout).await.map_err(|e| e.to_string())? else {
+        let pool::Client::H2(mut sender) = pool::connect(address, protocol, timeout).await.map_err(|e| e.to_string())? else {
             return Err("not an HTTP/2 connection".into());
         };
         let uri: http::Uri = format!("http://localhost{path}").parse().map_err(|e| format!("bad check path: {e}"))?;

@@ -125,6 +125,14 @@ pub(crate) struct ConnInfo {
     pub tls: bool,
     pub sni: Option<Arc<str>>,
     pub state: Arc<ConnState>,
+    /// The client's address as the access log writes it, made on the first logged request.
+    pub peer_text: std::sync::OnceLock<Arc<str>>,
+}
+
+impl ConnInfo {
+    fn peer_text(&self) -> Arc<str> {
+        self.peer_text.get_or_init(|| self.peer.map_or_else(|| Arc::from("unix"), |p| Arc::from(p.ip().to_string()))).clone()
+    }
 }
 
 /// Process-wide pieces the engine uses for every request.
@@ -192,7 +200,7 @@ pub(crate) async fn serve_request<R: Router>(
         started,
         site: cx.site.take().unwrap_or_else(|| engine.unknown_site.clone()),
         state: conn.state.clone(),
-        log: log_fields.map(|f| (f, log.as_ref().clone(), conn.peer, cx.user.take())),
+        log: log_fields.map(|f| (f, log.as_ref().clone(), conn.peer_text(), cx.user.take())),
     };
     Ok(Response::from_parts(parts, TrackedBody { inner: body, done }))
 }
@@ -268,7 +276,7 @@ struct Completion {
     started: Instant,
     site: Arc<SiteStats>,
     state: Arc<ConnState>,
-    log: Option<(LogFields, AccessLogger, Option<SocketAddr>, Option<String>)>,
+    log: Option<(LogFields, AccessLogger, Arc<str>, Option<String>)>,
 }
 
 impl Drop for Completion {
@@ -277,9 +285,8 @@ impl Drop for Completion {
         self.site.record(self.status, self.bytes, elapsed);
         self.state.request_finished();
         if let Some((f, logger, peer, user)) = &self.log {
-            let peer = peer.map(|p| p.ip().to_string()).unwrap_or_else(|| "unix".into());
             logger.log(&AccessRecord {
-                peer: &peer,
+                peer,
                 user: user.as_deref(),
                 time: SystemTime::now(),
                 method: &f.method,

@@ -411,6 +411,7 @@ async fn serve_http<R, IO>(
         tls: spec.tls.is_some(),
         sni,
         state,
+        peer_text: std::sync::OnceLock::new(),
     });
     let shared2 = shared.clone();
     let service = service_fn(move |req| serve_request(shared2.router.load_full(), info.clone(), req));
