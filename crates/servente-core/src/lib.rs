@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod sendfile;
 pub mod server;
+pub mod streams;
 pub mod tls;
 
 pub use http::{Body, RequestCx, Router, redirect, refused, simple_response};

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use servente_config::{Config, ListenAddress, ListenerRole};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -27,6 +27,7 @@ use crate::guard::{ConnState, GuardLimits, GuardedIo};
 use crate::http::{ConnInfo, Engine, Router, serve_request};
 use crate::listen::{Accepted, BoundListener, bind_on, set_unix_mode};
 use crate::metrics::Metrics;
+use crate::streams::StreamExec;
 
 /// One listener as the core runs it, built from a config `[[listener]]`.
 pub struct ListenerSpec {
@@ -46,15 +47,15 @@ pub struct Settings {
     max_body_bytes: u64,
     /// Protocol detection by preface (cleartext), and the two fixed by TLS ALPN; built once so
     /// a connection borrows one instead of cloning it.
-    builder: auto::Builder<TokioExecutor>,
-    http1_only: auto::Builder<TokioExecutor>,
-    http2_only: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<StreamExec>,
+    http1_only: auto::Builder<StreamExec>,
+    http2_only: auto::Builder<StreamExec>,
 }
 
 impl Settings {
     pub fn from_config(config: &Config) -> Self {
         let l = &config.limits;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(StreamExec);
         let max_header = l.max_header_bytes.0.max(8192) as usize;
         {
             let mut h1 = builder.http1();
@@ -423,13 +424,18 @@ async fn serve_http<R, IO>(
     // With upgrades: a role may answer 101 and take the connection over (WebSocket proxying).
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(guarded), service);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shared.shutdown.cancelled() => {
+    let shutdown = shared.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let mut draining = false;
+    let result = std::future::poll_fn(|cx| {
+        if !draining && shutdown.as_mut().poll(cx).is_ready() {
+            draining = true;
             conn.as_mut().graceful_shutdown();
-            conn.await
         }
-    };
+        // HTTP/2 streams that finish at once run on this task (see `streams`).
+        crate::streams::run(cx, |cx| conn.as_mut().poll(cx))
+    })
+    .await;
     if let Err(e) = result {
         tracing::debug!(listener = %spec.name, error = %e, "connection ended with an error");
     }
