@@ -968,10 +968,16 @@ impl DavFile for Upload {
                 // Short or long body: dav-server answers 400; the old file stays.
                 return Err(FsError::GeneralFailure);
             }
-            self.write_pending(true).await?;
+            // The last bytes are written in the same blocking call as the fsync: a small
+            // upload then takes one trip to the blocking pool, not two.
+            self.settle().await?;
+            let chunks = std::mem::take(&mut self.pending);
+            let at = self.pos;
+            self.pos += std::mem::take(&mut self.pending_len) as u64;
             let file = self.file.take().ok_or(FsError::GeneralFailure)?;
             let (tmp, target) = (self.tmp.clone(), self.target.clone());
             let (meta, took) = blocking(move || {
+                write_all_vectored_at(&file, &chunks, at).map_err(io_err)?;
                 let t = std::time::Instant::now();
                 file.sync_all().map_err(io_err)?;
                 put_in_place(&tmp, &target).map_err(io_err)?;
