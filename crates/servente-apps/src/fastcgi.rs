@@ -158,7 +158,7 @@ pub struct FastCgiRoute {
     pool_key: Arc<str>,
     /// Recent answers of `script_for` by URL path: a busy front controller would otherwise
     /// cost a trip to the blocking pool and a few file system calls per request.
-    cache: dashmap::DashMap<String, (Option<Script>, Instant)>,
+    cache: dashmap::DashMap<String, (Option<Arc<Script>>, Instant)>,
 }
 
 /// How long a cached script resolution is trusted (a new or removed file is seen after this).
@@ -192,7 +192,7 @@ impl FastCgiRoute {
 
     /// [`FastCgiRoute::script_for`] through a short-lived cache: `Some` with the answer when
     /// it is known, `None` when the disk must be asked (on the blocking pool).
-    pub fn cached_script(&self, url_path: &str) -> Option<Option<Script>> {
+    pub fn cached_script(&self, url_path: &str) -> Option<Option<Arc<Script>>> {
         match self.cache.get(url_path) {
             Some(e) if e.1.elapsed() < SCRIPT_CACHE_TTL => Some(e.0.clone()),
             _ => None,
@@ -200,8 +200,8 @@ impl FastCgiRoute {
     }
 
     /// Asks the disk and remembers the answer. Blocks.
-    pub fn resolve_and_cache(&self, url_path: &str) -> Option<Script> {
-        let script = self.script_for(url_path);
+    pub fn resolve_and_cache(&self, url_path: &str) -> Option<Arc<Script>> {
+        let script = self.script_for(url_path).map(Arc::new);
         if self.cache.len() >= SCRIPT_CACHE_MAX {
             self.cache.clear();
         }
@@ -253,7 +253,7 @@ impl FastCgiRoute {
     }
 
     /// Runs a script and answers with its response, streamed.
-    pub async fn run(&self, req: Request<Incoming>, script: Script, cx: &RequestCx) -> Response<Body> {
+    pub async fn run(&self, req: Request<Incoming>, script: Arc<Script>, cx: &RequestCx) -> Response<Body> {
         match self.exchange(req, &script, cx).await {
             Ok(r) => r,
             Err(e) => {
@@ -373,51 +373,54 @@ impl FastCgiRoute {
         write_record(&mut out, BEGIN_REQUEST, &begin);
         write_stream(&mut out, PARAMS, &params);
         write_record(&mut out, PARAMS, &[]);
+        // A request known to have no body (hyper says so from its framing, for HTTP/1.1 and
+        // HTTP/2 alike) ends its STDIN at once: the whole request is one write.
+        let bodiless = req.body().is_end_stream();
+        if bodiless {
+            write_record(&mut out, STDIN, &[]);
+        }
+        let request = out.split().freeze();
         // A kept connection may have been closed by the application meanwhile: if writing the
         // head on it fails, a fresh connection takes the request (nothing of it was processed).
         let mut reused = take_idle(&self.pool_key);
         if let Some(s) = reused.as_mut()
-            && s.write_all(&out).await.is_err()
+            && s.write_all(&request).await.is_err()
         {
             reused = None;
         }
         // The close may also show only when reading: a request without a body can then be
         // sent again on a fresh connection, since the application never started it.
-        let bodiless = !req.headers().contains_key(header::TRANSFER_ENCODING)
-            && req.headers().get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
-        let mut replay = (reused.is_some() && bodiless).then(|| {
-            let mut again = out.clone();
-            write_record(&mut again, STDIN, &[]);
-            again.freeze()
-        });
+        let mut replay = (reused.is_some() && bodiless).then(|| request.clone());
         let mut stream = match reused {
             Some(s) => s,
             None => {
                 let mut s = connect(&self.address).await.map_err(|e| format!("cannot connect to {}: {e}", self.address))?;
-                s.write_all(&out).await.map_err(|e| e.to_string())?;
+                s.write_all(&request).await.map_err(|e| e.to_string())?;
                 s
             }
         };
-        // The request body, streamed as STDIN records, up to `limits.max_body_bytes`.
-        let mut body = req.into_body();
-        let mut left = cx.max_body;
-        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-            let frame = frame.map_err(|e| format!("the client's body broke off: {e}"))?;
-            if let Some(data) = frame.data_ref()
-                && !data.is_empty()
-            {
-                if data.len() as u64 > left {
-                    return Ok(too_large());
+        if !bodiless {
+            // The request body, streamed as STDIN records, up to `limits.max_body_bytes`.
+            let mut body = req.into_body();
+            let mut left = cx.max_body;
+            while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                let frame = frame.map_err(|e| format!("the client's body broke off: {e}"))?;
+                if let Some(data) = frame.data_ref()
+                    && !data.is_empty()
+                {
+                    if data.len() as u64 > left {
+                        return Ok(too_large());
+                    }
+                    left -= data.len() as u64;
+                    out.clear();
+                    write_stream(&mut out, STDIN, data);
+                    stream.write_all(&out).await.map_err(|e| e.to_string())?;
                 }
-                left -= data.len() as u64;
-                out.clear();
-                write_stream(&mut out, STDIN, data);
-                stream.write_all(&out).await.map_err(|e| e.to_string())?;
             }
+            out.clear();
+            write_record(&mut out, STDIN, &[]);
+            stream.write_all(&out).await.map_err(|e| e.to_string())?;
         }
-        out.clear();
-        write_record(&mut out, STDIN, &[]);
-        stream.write_all(&out).await.map_err(|e| e.to_string())?;
         // The response head.
         let keep = (self.max_idle > 0).then(|| (self.pool_key.clone(), self.max_idle));
         let mut reader = RecordReader { stream: Some(stream), buf: BytesMut::with_capacity(16 * 1024), done: false, keep };

@@ -140,7 +140,7 @@ impl Site {
 
     /// The FastCGI script a request goes to, if the site has a FastCGI route and the path
     /// names a script (or falls to the front controller). Checks the disk on the blocking pool.
-    pub async fn fastcgi_script(&self, raw_path: &str) -> Option<(Arc<FastCgiRoute>, Script)> {
+    pub async fn fastcgi_script(&self, raw_path: &str) -> Option<(Arc<FastCgiRoute>, Arc<Script>)> {
         let route = self.fastcgi.clone()?;
         let url = path::clean(raw_path, self.hide_dotfiles).ok()?.url_path;
         let script = match route.cached_script(&url) {
