@@ -96,24 +96,35 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// Calls `f` with the client's address as X-Forwarded-For names it and as a Forwarded `for=`
-/// node. The text of the last address is kept per thread: a kept-alive client sends many
-/// requests, and formatting an address each time showed in profiles.
-fn peer_text<R>(peer: Option<IpAddr>, f: impl FnOnce(&HeaderValue, &str) -> R) -> R {
+/// The client's address as X-Forwarded-For names it and as a Forwarded `for=` node, and the
+/// last Forwarded value made from it.
+struct PeerText {
+    ip: Option<IpAddr>,
+    client: HeaderValue,
+    node: String,
+    /// (TLS, Host, the value): valid while the next request of this client matches.
+    forwarded: Option<(bool, Option<HeaderValue>, HeaderValue)>,
+}
+
+/// Calls `f` with the texts of the client's address. The texts of the last client are kept
+/// per thread: a kept-alive client sends many requests, and formatting an address and the
+/// Forwarded value each time showed in profiles.
+fn peer_text<R>(peer: Option<IpAddr>, f: impl FnOnce(&mut PeerText) -> R) -> R {
     thread_local! {
-        static LAST: std::cell::RefCell<Option<(Option<IpAddr>, HeaderValue, String)>> = const { std::cell::RefCell::new(None) };
+        static LAST: std::cell::RefCell<Option<PeerText>> = const { std::cell::RefCell::new(None) };
     }
     LAST.with_borrow_mut(|last| {
-        let (ip, client, node) = last.take().filter(|(ip, ..)| *ip == peer).unwrap_or_else(|| {
+        let mut text = last.take().filter(|t| t.ip == peer).unwrap_or_else(|| {
             let (client, node) = match peer {
                 Some(IpAddr::V6(ip)) => (ip.to_string(), format!("\"[{ip}]\"")),
                 Some(ip) => (ip.to_string(), ip.to_string()),
                 None => ("unix".to_string(), "unknown".to_string()),
             };
-            (peer, HeaderValue::from_maybe_shared(Bytes::from(client)).unwrap_or(HeaderValue::from_static("unknown")), node)
+            let client = HeaderValue::from_maybe_shared(Bytes::from(client)).unwrap_or(HeaderValue::from_static("unknown"));
+            PeerText { ip: peer, client, node, forwarded: None }
         });
-        let result = f(&client, &node);
-        *last = Some((ip, client, node));
+        let result = f(&mut text);
+        *last = Some(text);
         result
     })
 }
@@ -232,17 +243,27 @@ impl ProxyRoute {
         {
             h.insert(&X_FORWARDED_HOST, v.clone());
         }
-        peer_text(peer, |client, node| {
+        peer_text(peer, |text| {
             let xff = match previous_for {
-                Some(list) => HeaderValue::from_maybe_shared(Bytes::from(format!("{list}, {}", client.to_str().unwrap_or_default()))).ok(),
-                None => Some(client.clone()),
+                Some(list) => {
+                    HeaderValue::from_maybe_shared(Bytes::from(format!("{list}, {}", text.client.to_str().unwrap_or_default()))).ok()
+                }
+                None => Some(text.client.clone()),
             };
             if let Some(v) = xff {
                 h.insert(&X_FORWARDED_FOR, v);
             }
-            let mut value = previous_forwarded.map(|list| list + ", ").unwrap_or_default();
+            if previous_forwarded.is_none()
+                && let Some((tls, last_host, v)) = &text.forwarded
+                && *tls == cx.tls
+                && *last_host == host
+            {
+                h.insert(&FORWARDED, v.clone());
+                return;
+            }
+            let mut value = previous_forwarded.as_ref().map(|list| format!("{list}, ")).unwrap_or_default();
             value.push_str("for=");
-            value.push_str(node);
+            value.push_str(&text.node);
             value.push_str(";proto=");
             value.push_str(proto);
             if let Some(host) = host.as_ref().and_then(|v| v.to_str().ok()).filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
@@ -252,6 +273,9 @@ impl ProxyRoute {
                 value.push('"');
             }
             if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+                if previous_forwarded.is_none() {
+                    text.forwarded = Some((cx.tls, host.clone(), v.clone()));
+                }
                 h.insert(&FORWARDED, v);
             }
         });
