@@ -719,7 +719,8 @@ fn put_in_place(tmp: &Path, target: &Path) -> std::io::Result<()> {
 
 fn sync_parent(p: &Path) -> std::io::Result<()> {
     match p.parent() {
-        Some(d) => std::fs::File::open(d)?.sync_all(),
+        // Shared with other callers syncing the same folder at the same time.
+        Some(d) => crate::dirsync::sync_folder(d),
         None => Ok(()),
     }
 }

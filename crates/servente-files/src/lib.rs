@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod db;
+pub mod dirsync;
 pub mod download;
 pub mod fs;
 pub mod guard;
