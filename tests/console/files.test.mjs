@@ -598,7 +598,7 @@ async function fileManager(browser, web, dir, files) {
     for (const sel of ['#new-folder', '#upload-button', '#upload-folder-button']) expect(await page.isHidden(sel), `${sel} is shown`);
     expect(await page.isVisible('#readonly-note'), 'no read-only note');
     const actions = await page.$$eval(`${row('guide.txt')} [data-action]`, as => as.map(a => a.dataset.action));
-    expect(actions.join() === 'download,share', `actions: ${actions}`);
+    expect(actions.join() === 'download', `actions: ${actions}`);
     expect(await page.$eval('#areas a[data-area="/shared/handbook/"]', a => !!a.querySelector('.ro')), 'the sidebar does not mark it read-only');
     // A drop is refused too.
     await page.evaluate(() => {

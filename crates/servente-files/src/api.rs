@@ -270,8 +270,13 @@ struct NewShare {
 async fn create_share(role: &FilesRole, mount: &str, p: &Principal, req: Request<Incoming>) -> ApiResult {
     let body: NewShare = read_json(req).await?;
     let (dav, node) = resolve(role, p, &body.path)?;
-    if !matches!(node, Node::Area { .. }) {
-        return Err(problem(StatusCode::BAD_REQUEST, "share a file or a folder inside your folders"));
+    match node {
+        Node::Area { write: true, .. } => {}
+        // A reader of a shared folder could otherwise publish what its writers keep inside.
+        Node::Area { write: false, .. } => {
+            return Err(problem(StatusCode::FORBIDDEN, "this folder is read-only for you: only those who may change it can share it"));
+        }
+        _ => return Err(problem(StatusCode::BAD_REQUEST, "share a file or a folder inside your folders")),
     }
     let disk = role.st.disk_path(&dav);
     let meta = std::fs::metadata(&disk).map_err(|_| problem(StatusCode::NOT_FOUND, "no such file or folder"))?;

@@ -24,7 +24,8 @@ pub async fn handle(role: &FilesRole, mount: &str, link: &str, req: Request<Inco
             return Ok(None);
         }
         // The link lends its owner's access: it stops working when the owner is disabled or
-        // removed, or can no longer read the place (left the group, folder rules changed).
+        // removed, or may no longer change the place (left the group, folder rules changed):
+        // sharing is for those who may write, as creating the link was.
         let Some(dir) = dir else { return Ok(None) };
         let Some(owner) = dir.store().user(&s.owner).map_err(|e| e.to_string())? else { return Ok(None) };
         if owner.user.disabled {
@@ -38,7 +39,7 @@ pub async fn handle(role: &FilesRole, mount: &str, link: &str, req: Request<Inco
         };
         let ok = crate::api::dav_path(&format!("/{}", s.path))
             .ok()
-            .is_some_and(|d| matches!(st.resolve(&d, &p), Ok(crate::fs::Node::Area { .. })));
+            .is_some_and(|d| matches!(st.resolve(&d, &p), Ok(crate::fs::Node::Area { write: true, .. })));
         Ok(ok.then_some(s))
     };
     let share = match tokio::task::spawn_blocking(lookup).await {

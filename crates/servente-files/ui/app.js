@@ -602,7 +602,7 @@ function row(e, rw) {
       actions.push(act('rename', 'Rename', renameItem));
       actions.push(act('move', 'Move', moveItem));
     }
-    actions.push(act('share', 'Share', shareItem));
+    if (rw) actions.push(act('share', 'Share', shareItem));
     if (rw) actions.push(act('delete', 'Delete', deleteItem, 'danger'));
   }
   return h('tr', { 'data-name': label, 'data-type': e.dir ? 'dir' : 'file', 'data-path': e.path },

@@ -598,6 +598,15 @@ fn homes_groups_and_shared_folders_keep_to_their_rules() {
     expect(&r, 403, "a reader locks a new name in a read-only folder");
     let r = dav.call(BOB, "MOVE", "/shared/docs/handbook.txt", &["-H", &format!("Destination: {}", dav.url("/users/bob/h.txt"))]);
     expect(&r, 403, "a reader moves a file out");
+    // Nor may a reader publish it with a share link; a writer may.
+    let share = |who: (&str, &str), path: &str| {
+        let body = json!({ "path": path }).to_string();
+        let auth = format!("{}:{}", who.0, who.1);
+        api(&["-u", &auth, "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", &body], &dav.mount("api/shares")).0
+    };
+    expect(&share(BOB, "/shared/docs/handbook.txt"), 403, "a reader shares a read-only folder's file");
+    expect(&share(BOB, "/shared/docs"), 403, "a reader shares a read-only folder");
+    expect(&share(ALICE, "/shared/docs/handbook.txt"), 201, "a writer shares a file of the folder");
     let r = dav.call(BOB, "COPY", "/shared/docs/handbook.txt", &["-H", &format!("Destination: {}", dav.url("/users/bob/h.txt"))]);
     expect(&r, 201, "a reader copies a file to his home");
     assert_eq!(dav.get(ALICE, "/shared/docs/handbook.txt").text(), "read me\n");
