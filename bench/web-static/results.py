@@ -132,6 +132,13 @@ def fmt_rps(value):
     return f"{value:.0f}"
 
 
+def cpu_per_request(run):
+    """The server's own CPU time (user + system) per answered request, in microseconds."""
+    seconds = run.get("server_cpu_seconds")
+    requests = run.get("requests", run.get("done"))
+    return seconds * 1e6 / requests if seconds is not None and requests else None
+
+
 def summarize(results, servers, protocols, files):
     """Median req/s per (view, protocol, file, server), with the spread of the rounds."""
     summary = []
@@ -149,13 +156,21 @@ def summarize(results, servers, protocols, files):
                     errors = [r["error"] for r in runs if r["error"] is not None]
                     median = statistics.median(good) if good and not errors else None
                     spread = ((max(good) - min(good)) / 2 / median * 100) if median else None
+                    cpu = [cpu_per_request(r) for r in runs if r["error"] is None]
+                    cpu = [c for c in cpu if c is not None]
                     row["servers"][server] = {
                         "median_rps": median, "rounds_rps": good, "spread_pct": spread,
-                        "errors": errors}
+                        "errors": errors,
+                        "median_cpu_us": statistics.median(cpu) if cpu and not errors else None}
                 own = row["servers"].get("servente", {}).get("median_rps")
+                own_cpu = row["servers"].get("servente", {}).get("median_cpu_us")
                 for peer in servers[1:]:
                     theirs = row["servers"].get(peer, {}).get("median_rps")
                     row[f"servente_over_{peer}"] = (own / theirs) if own and theirs else None
+                    their_cpu = row["servers"].get(peer, {}).get("median_cpu_us")
+                    # Above 1.0 servente spends less CPU per request than the peer.
+                    row[f"cpu_{peer}_over_servente"] = (
+                        their_cpu / own_cpu if own_cpu and their_cpu else None)
                 summary.append(row)
     return summary
 
@@ -190,6 +205,35 @@ def print_table(summary, meta, servers):
             ratio = row.get(f"servente_over_{peer}")
             line += f"{(f'{ratio:.2f}x' if ratio else '-'):>17}"
         print(line)
+
+
+def print_cpu_table(summary, meta, servers):
+    """The CPU each server's own processes spent per answered request: steadier than req/s when
+    the machine's speed varies, and blind to how the load generator shared the cores."""
+    names_of = {"h1": "HTTP/1.1", "h2": "HTTP/2 over TLS"}
+    views = {"shared": "shared cores", "pinned": "pinned"}
+    last = None
+    for row in summary:
+        key = (row["view"], row["protocol"])
+        names = [s for s in servers if s in row["servers"]]
+        if key != last:
+            last = key
+            print()
+            print(f"== CPU µs per request, {names_of[row['protocol']]} ({views[row['view']]}; "
+                  f"user + system time of the server's processes / responses, median of rounds)")
+            line = f"   {'file':<9}" + "".join(f"{s:>16}" for s in names)
+            line += "".join(f"{p + '/servente':>17}" for p in names[1:])
+            print(line)
+        cells = []
+        for server in names:
+            cpu = row["servers"][server].get("median_cpu_us")
+            cells.append(f"{cpu:.1f}" if cpu is not None else "-")
+        line = f"   {row['file']:<9}" + "".join(f"{c:>16}" for c in cells)
+        for peer in names[1:]:
+            ratio = row.get(f"cpu_{peer}_over_servente")
+            line += f"{(f'{ratio:.2f}x' if ratio else '-'):>17}"
+        print(line)
+    print("   (peer/servente above 1.00x: servente spends less CPU per request than that peer)")
 
 
 def print_memory(memory):
@@ -229,6 +273,7 @@ def report(args):
     servers = meta["servers"]
     summary = summarize(results, servers, meta["protocols"], meta["files"])
     print_table(summary, meta, servers)
+    print_cpu_table(summary, meta, servers)
     print_memory(memory)
 
     errors = [f"{r['view']} {r['protocol']} {r['file']} {r['server']} round {r['round']}: "
