@@ -83,10 +83,11 @@ async fn route(role: &FilesRole, mount: &str, rest: &str, req: Request<Incoming>
             upload_chunk(role, &p, &id, req).await
         }
         (&Method::DELETE, ["uploads", id]) => {
-            if role.uploads.get(&p.user, id).is_none() {
+            let Some((meta, _)) = role.uploads.get(&p.user, id) else {
                 return Err(problem(StatusCode::NOT_FOUND, "no such upload"));
-            }
+            };
             role.uploads.remove(id);
+            release_upload(role, &meta);
             Ok(json_response(StatusCode::OK, &json!({})))
         }
         (&Method::GET | &Method::HEAD, ["zip"]) => {
@@ -315,20 +316,51 @@ struct NewUpload {
     size: u64,
 }
 
+/// The home a WebDAV path lies in (`/users/NAME/...`), whose quota it counts against.
+pub(crate) fn home_of(path: &str) -> Option<&str> {
+    let mut segs = path.split('/').filter(|s| !s.is_empty());
+    (segs.next() == Some("users")).then(|| segs.next()).flatten()
+}
+
 async fn start_upload(role: &FilesRole, p: &Principal, req: Request<Incoming>) -> ApiResult {
     let body: NewUpload = read_json(req).await?;
     let (dav, node) = resolve(role, p, &body.path)?;
-    check_target(role, &dav, &node, body.size)?;
-    let meta = UploadMeta { owner: p.user.clone(), path: body.path, size: body.size };
-    let id = role.uploads.create(&meta).map_err(|e| problem(StatusCode::INSUFFICIENT_STORAGE, e))?;
+    let old = check_target(role, &dav, &node, body.size)?;
+    // The whole announced size is held against the quota from the start, as a WebDAV PUT
+    // holds its Content-Length: two uploads that fit only one at a time cannot both begin,
+    // and nobody finds the home full after sending gigabytes.
+    let mut reserved = 0;
+    if let Node::Area { kind: Kind::Users, name, .. } = &node
+        && let Some(q) = role.st.quota(name)
+    {
+        reserved = body.size.saturating_sub(old);
+        if !role.st.try_reserve(name, reserved, q) {
+            return Err(problem(StatusCode::INSUFFICIENT_STORAGE, "this file does not fit in your quota beside your other uploads"));
+        }
+    }
+    let meta = UploadMeta { owner: p.user.clone(), path: body.path, size: body.size, reserved };
+    let id = match role.uploads.create(&meta) {
+        Ok(id) => id,
+        Err(e) => {
+            release_upload(role, &meta);
+            return Err(problem(StatusCode::INSUFFICIENT_STORAGE, e));
+        }
+    };
     if body.size == 0 {
         return finish_upload(role, p, &id, &meta).await;
     }
     Ok(json_response(StatusCode::CREATED, &json!({ "id": id, "offset": 0, "size": meta.size })))
 }
 
-/// May a file of `size` bytes be written at `dav`?
-fn check_target(role: &FilesRole, dav: &DavPath, node: &Node, size: u64) -> Result<(), Response<Body>> {
+/// Gives back an upload's room in the quota (it finished, failed to start or was cancelled).
+fn release_upload(role: &FilesRole, meta: &UploadMeta) {
+    if let Some(home) = home_of(&meta.path) {
+        role.st.release(home, meta.reserved);
+    }
+}
+
+/// May a file of `size` bytes be written at `dav`? The size of the file it replaces, if any.
+fn check_target(role: &FilesRole, dav: &DavPath, node: &Node, size: u64) -> Result<u64, Response<Body>> {
     match node {
         Node::Area { write: true, depth, .. } if *depth >= 1 => {}
         Node::Area { write: false, .. } => return Err(problem(StatusCode::FORBIDDEN, "this folder is read-only for you")),
@@ -349,7 +381,7 @@ fn check_target(role: &FilesRole, dav: &DavPath, node: &Node, size: u64) -> Resu
     {
         return Err(problem(StatusCode::INSUFFICIENT_STORAGE, "this file does not fit in your quota"));
     }
-    Ok(())
+    Ok(old)
 }
 
 async fn upload_chunk(role: &FilesRole, p: &Principal, id: &str, req: Request<Incoming>) -> ApiResult {
@@ -401,6 +433,7 @@ async fn finish_upload(role: &FilesRole, p: &Principal, id: &str, meta: &UploadM
     })
     .await?;
     role.uploads.remove(id);
+    release_upload(role, meta);
     if let Node::Area { kind: Kind::Users, name, .. } = &node {
         role.st.add_usage(name, meta.size as i64 - old as i64);
     }

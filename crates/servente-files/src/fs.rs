@@ -169,7 +169,7 @@ impl Storage {
     }
 
     /// Promises `n` more bytes of `user`'s quota `q` to an upload, if they are free.
-    fn try_reserve(&self, user: &str, n: u64, q: u64) -> bool {
+    pub(crate) fn try_reserve(&self, user: &str, n: u64, q: u64) -> bool {
         let used = self.used(user);
         let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
         let held = r.entry(user.to_string()).or_insert(0);
@@ -180,7 +180,7 @@ impl Storage {
         true
     }
 
-    fn release(&self, user: &str, n: u64) {
+    pub(crate) fn release(&self, user: &str, n: u64) {
         if n == 0 {
             return;
         }

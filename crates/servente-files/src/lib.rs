@@ -99,6 +99,12 @@ impl FilesRole {
             dav.insert(m.to_string(), handler);
         }
         let uploads = Arc::new(uploads::Uploads::new(&st.root)?);
+        // Uploads in progress hold their room in the quota across restarts and reloads.
+        for u in uploads.in_progress() {
+            if let Some(home) = api::home_of(&u.path) {
+                st.try_reserve(home, u.reserved, u64::MAX);
+            }
+        }
         Ok(Some(Arc::new(FilesRole {
             st,
             dav,

@@ -3,7 +3,8 @@
 //! last byte has arrived. After a network drop the page asks for the offset and goes on.
 //!
 //! Each upload is `<root>/.uploads/ID.part` (the bytes so far) and `ID.json` (owner, target
-//! path, size). Uploads untouched for a day are removed at startup.
+//! path, size, quota reservation). Uploads untouched for a day are removed at startup; those
+//! kept hold their reservation again ([`Uploads::in_progress`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,10 @@ pub struct UploadMeta {
     /// WebDAV path of the file to create (`/users/alice/film.mkv`).
     pub path: String,
     pub size: u64,
+    /// Bytes held against the home's quota while the upload is in progress (its growth over
+    /// the file it replaces); given back when it finishes or is cancelled.
+    #[serde(default)]
+    pub reserved: u64,
 }
 
 pub struct Uploads {
@@ -104,6 +109,16 @@ impl Uploads {
         Ok(have + chunk.len() as u64)
     }
 
+    /// Every upload still on disk (after the startup sweep), to hold their quota again.
+    pub fn in_progress(&self) -> Vec<UploadMeta> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+            .collect()
+    }
+
     /// The finished bytes, for the caller to move into place; the record is removed by
     /// [`Uploads::remove`] after that.
     pub fn part_path(&self, id: &str) -> Option<PathBuf> {
@@ -132,7 +147,7 @@ mod tests {
     fn chunks_must_follow_each_other_and_stay_within_the_size() {
         let d = tempfile::tempdir().expect("tempdir");
         let u = Uploads::new(d.path()).expect("uploads");
-        let meta = UploadMeta { owner: "alice".into(), path: "/users/alice/f".into(), size: 10 };
+        let meta = UploadMeta { owner: "alice".into(), path: "/users/alice/f".into(), size: 10, reserved: 0 };
         let id = u.create(&meta).expect("create");
         assert_eq!(u.get("bob", &id), None, "another user's upload is invisible");
         assert_eq!(u.append("alice", &id, 0, b"hello"), Ok(5));

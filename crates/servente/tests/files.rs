@@ -714,6 +714,47 @@ fn quota_overflow_is_507_and_leaves_the_old_file() {
 /// on two connections, both started before either ends: both get 201 and bob holds 1,400,000
 /// bytes (PROPFIND then says quota-used-bytes 1400000, quota-available-bytes 0). Expected: the
 /// second one to finish gets 507 (the room must be reserved, or checked again at the commit).
+/// A resumable upload holds its announced size in the quota from its start until it finishes or
+/// is cancelled: uploads (and PUTs) that fit only one at a time cannot all begin.
+#[test]
+fn chunked_uploads_hold_their_room_in_the_quota() {
+    let dav = Dav::start("quotas = { bob = \"1 MiB\" }");
+    let bob = format!("{}:{}", BOB.0, BOB.1);
+    let start = |name: &str, size: usize| {
+        let body = json!({ "path": format!("/users/bob/{name}"), "size": size }).to_string();
+        api(&["-u", &bob, "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", &body], &dav.mount("api/uploads"))
+    };
+    let (r, v) = start("a.bin", 700_000);
+    expect(&r, 201, "the first 700,000-byte upload in a 1 MiB quota");
+    let a = v["id"].as_str().expect("upload id").to_string();
+    let (r, v) = start("b.bin", 700_000);
+    expect(&r, 507, "a second 700,000-byte upload beside the first");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("quota")), "{v}");
+    expect(&dav.put(BOB, "/users/bob/c.bin", &noise(400_000, 3)), 507, "a 400,000-byte PUT beside the upload");
+    // Cancelled, the first gives its room back.
+    expect(&api(&["-u", &bob, "-X", "DELETE"], &dav.mount(&format!("api/uploads/{a}"))).0, 200, "cancel the first upload");
+    let (r, v) = start("b.bin", 700_000);
+    expect(&r, 201, "the second upload once the first is cancelled");
+    let b = v["id"].as_str().expect("upload id").to_string();
+    let data = noise(700_000, 4);
+    let work = tempfile::tempdir().expect("temp");
+    let f = work.path().join("chunk");
+    std::fs::write(&f, &data).expect("chunk file");
+    let at = format!("@{}", f.display());
+    let (r, v) = api(
+        &["-u", &bob, "-X", "PATCH", "-H", "Upload-Offset: 0", "-H", "Content-Type: application/offset+octet-stream", "--data-binary", &at],
+        &dav.mount(&format!("api/uploads/{b}")),
+    );
+    expect(&r, 201, "the whole file in one chunk");
+    assert_eq!(v["done"].as_bool(), Some(true), "{v}");
+    assert!(dav.get(BOB, "/users/bob/b.bin").body == data, "b.bin round trip");
+    // Finished, the reservation has become usage: counted once, not twice.
+    let used = dav_prop(&dav.propfind(BOB, "/users/bob/", "0", Some(QUOTA_PROPS)).text(), "quota-used-bytes");
+    assert_eq!(used.as_deref(), Some("700000"), "quota-used-bytes after the upload");
+    expect(&dav.put(BOB, "/users/bob/c.bin", &noise(400_000, 3)), 507, "400,000 bytes more");
+    expect(&dav.put(BOB, "/users/bob/c.bin", &noise(300_000, 3)), 201, "300,000 bytes more");
+}
+
 #[test]
 fn concurrent_puts_share_the_quota() {
     let dav = Dav::start("quotas = { bob = \"1 MiB\" }");
