@@ -92,7 +92,12 @@ pub struct FileBody {
 
 impl FileBody {
     pub fn new(file: File, start: u64, len: u64) -> Self {
-        FileBody { file: Arc::new(file), pos: start, end: start.saturating_add(len), pending: None, nowait: true }
+        Self::shared(Arc::new(file), start, len)
+    }
+
+    /// A region of a file that other bodies read too (the parts of a multipart answer).
+    pub fn shared(file: Arc<File>, start: u64, len: u64) -> Self {
+        FileBody { file, pos: start, end: start.saturating_add(len), pending: None, nowait: true }
     }
 
     /// The file shrank under the response: its promised length can no longer be sent.

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
@@ -20,7 +19,6 @@ use servente_config::Site as SiteConfig;
 use servente_core::Body;
 use servente_core::file_body::FileBody;
 use servente_core::metrics::SiteStats;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use crate::conditional::{self, Outcome, Validators};
@@ -434,7 +432,10 @@ impl Site {
                 } else {
                     match cached {
                         Some(b) => Body::full(multipart_in_memory(&mp, &list, b)),
-                        None => multipart_stream(source_path.to_path_buf(), mp, list),
+                        None => match std::fs::File::open(source_path) {
+                            Ok(file) => Body::stream(MultipartBody::new(file, mp, list)),
+                            Err(_) => return text(StatusCode::NOT_FOUND, "not found\n"),
+                        },
                     }
                 };
                 let mut resp = with_headers(Response::new(body), headers);
@@ -513,29 +514,52 @@ fn multipart_in_memory(mp: &Multipart, list: &[ByteRange], body: &Bytes) -> Byte
     Bytes::from(out)
 }
 
-/// A multipart/byteranges body read from disk part by part.
-fn multipart_stream(path: PathBuf, mp: Multipart, list: Vec<ByteRange>) -> Body {
-    let parts: Vec<(Bytes, ByteRange)> = mp.part_headers.into_iter().map(Bytes::from).zip(list).collect();
-    let closing = Bytes::from(mp.closing);
-    let stream = futures_util::stream::iter(parts.into_iter().map(Some).chain([None]))
-        .then(move |part| {
-            let path = path.clone();
-            let closing = closing.clone();
-            async move {
-                let Some((header, r)) = part else { return Ok::<_, io::Error>(vec![closing]) };
-                let mut file = tokio::fs::File::open(&path).await?;
-                file.seek(io::SeekFrom::Start(r.start)).await?;
-                let mut buf = Vec::with_capacity(r.len() as usize);
-                file.take(r.len()).read_to_end(&mut buf).await?;
-                Ok(vec![header, Bytes::from(buf)])
-            }
-        })
-        .map_ok(|chunks| futures_util::stream::iter(chunks.into_iter().map(Ok::<_, io::Error>)))
-        .try_flatten();
-    Body::stream(http_body_util::StreamBody::new(stream.map_ok(Frame::data)))
+/// A multipart/byteranges body from disk: each part's header, then its bytes as a
+/// [`FileBody`] (never more than a chunk in memory, however large the range), then the closing
+/// boundary. One open file serves every part.
+struct MultipartBody {
+    file: Arc<std::fs::File>,
+    parts: std::vec::IntoIter<(Bytes, ByteRange)>,
+    current: Option<FileBody>,
+    closing: Option<Bytes>,
 }
 
-use futures_util::StreamExt as _;
+impl MultipartBody {
+    fn new(file: std::fs::File, mp: Multipart, list: Vec<ByteRange>) -> Self {
+        let parts: Vec<(Bytes, ByteRange)> = mp.part_headers.into_iter().map(Bytes::from).zip(list).collect();
+        MultipartBody { file: Arc::new(file), parts: parts.into_iter(), current: None, closing: Some(Bytes::from(mp.closing)) }
+    }
+}
+
+impl http_body::Body for MultipartBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Some(part) = this.current.as_mut() {
+            match std::pin::Pin::new(part).poll_frame(cx) {
+                Poll::Ready(None) => this.current = None,
+                other => return other,
+            }
+        }
+        Poll::Ready(match this.parts.next() {
+            Some((header, r)) => {
+                this.current = Some(FileBody::shared(this.file.clone(), r.start, r.len()));
+                Some(Ok(Frame::data(header)))
+            }
+            None => this.closing.take().map(|c| Ok(Frame::data(c))),
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.current.is_none() && self.parts.len() == 0 && self.closing.is_none()
+    }
+}
 
 /// Compresses a whole body; `None` when it does not get smaller.
 fn compress_all(src: &[u8], c: Coding) -> Option<Bytes> {
@@ -578,6 +602,23 @@ fn stream_reader<R: tokio::io::AsyncRead + Send + 'static>(r: R) -> Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn multipart_from_disk_matches_the_in_memory_layout() {
+        use http_body_util::BodyExt as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("data.bin");
+        // Larger than a read chunk, so a part spans several frames.
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let list = vec![ByteRange { start: 0, end: 9 }, ByteRange { start: 100_000, end: 650_000 }, ByteRange { start: 5, end: 5 }];
+        let mp = || Multipart::new("b0undary".to_string(), "application/octet-stream", &list, data.len() as u64);
+        let expected = multipart_in_memory(&mp(), &list, &Bytes::from(data.clone()));
+        assert_eq!(expected.len() as u64, mp().body_len(&list));
+        let file = std::fs::File::open(&path).expect("open");
+        let got = MultipartBody::new(file, mp(), list.clone()).collect().await.expect("body").to_bytes();
+        assert!(got == expected, "{} bytes streamed, {} expected", got.len(), expected.len());
+    }
 
     #[test]
     fn compression_round_trips() {
