@@ -925,17 +925,25 @@ fn raw_exchange(addr: &str, bytes: &[u8]) -> (Option<common::RawResp>, Vec<u8>, 
 #[test]
 fn failing_upstreams_and_hostile_clients() {
     let hang = Helper::raw("hang");
+    let stall = Helper::raw("stall");
     let trunc = Helper::raw("truncate");
     let garbage = Helper::raw("garbage");
     let good = Helper::upstream("good");
     let refused = refused_port();
     let dead = refused.addr.clone();
     let mut sections = String::new();
-    for (name, addr) in [("hang", &hang.addr), ("trunc", &trunc.addr), ("garbage", &garbage.addr), ("down", &dead), ("good", &good.addr)] {
+    for (name, addr) in [
+        ("hang", &hang.addr),
+        ("stall", &stall.addr),
+        ("trunc", &trunc.addr),
+        ("garbage", &garbage.addr),
+        ("down", &dead),
+        ("good", &good.addr),
+    ] {
         sections.push_str(&format!("[[upstream]]\nname = \"{name}\"\nservers = [\"{addr}\"]\nresponse_timeout = \"1s\"\n\n"));
     }
     sections.push_str("[[site]]\nname = \"main\"\n\n");
-    for name in ["hang", "trunc", "garbage", "down", "good"] {
+    for name in ["hang", "stall", "trunc", "garbage", "down", "good"] {
         sections.push_str(&format!("[[site.proxy]]\npath = \"/{name}/\"\nupstream = \"{name}\"\nstrip_prefix = \"/{name}\"\n\n"));
     }
     let server = Fixture::new().start(&config("", &sections));
@@ -949,6 +957,20 @@ fn failing_upstreams_and_hostile_clients() {
     assert_eq!(r.status, 504, "{r:?}");
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "504 after {took:?}");
     assert_one_line(&r, "did not answer in time");
+
+    // An upstream that stops sending in the middle of the body: after response_timeout without a
+    // byte the client sees a broken transfer, not a connection held for ever.
+    let t = Instant::now();
+    let r = curl(&["--max-time", "20", &format!("{base}/stall/x")]);
+    let took = t.elapsed();
+    assert_eq!((r.status, r.exit, r.body.as_slice()), (200, 18, &b"0123456789"[..]), "{r:?}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "cut after {took:?}");
+    // The same for a request with a body (it goes through hyper's client, not the lean one).
+    let t = Instant::now();
+    let r = curl(&["--max-time", "20", "-d", "x=1", &format!("{base}/stall/x")]);
+    let took = t.elapsed();
+    assert_eq!((r.status, r.exit, r.body.as_slice()), (200, 18, &b"0123456789"[..]), "POST: {r:?}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "POST cut after {took:?}");
 
     // A response cut short: the client sees a broken transfer (curl: 18), and servente goes on.
     let r = curl(&[&format!("{base}/trunc/x")]);

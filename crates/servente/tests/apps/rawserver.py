@@ -5,6 +5,8 @@
 reads each request head and then, by MODE:
   hang      never answers (the connection stays open until the peer closes it)
   truncate  sends a head with Content-Length: 1000, 10 bytes of body, and closes
+  stall     sends a head with Content-Length: 1000 and 10 bytes of body, then nothing more
+            (the connection stays open until the peer closes it)
   garbage   sends bytes that are not an HTTP status line, and closes
 """
 
@@ -29,8 +31,10 @@ def serve(conn, mode):
     try:
         if read_head(conn) is None:
             return
-        if mode == "hang":
-            # Keep the connection open and unanswered until the peer gives up.
+        if mode == "stall":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n0123456789")
+        if mode in ("hang", "stall"):
+            # Keep the connection open, and silent, until the peer gives up.
             while conn.recv(4096):
                 pass
             return
@@ -46,7 +50,7 @@ def serve(conn, mode):
 
 def main():
     mode = sys.argv[1]
-    assert mode in ("hang", "truncate", "garbage"), mode
+    assert mode in ("hang", "stall", "truncate", "garbage"), mode
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     s.listen(128)
