@@ -21,6 +21,7 @@ use servente_core::{Body, RequestCx, simple_response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::pool::Address;
+use crate::proxy::ReadTimeout;
 
 const VERSION: u8 = 1;
 const BEGIN_REQUEST: u8 = 1;
@@ -155,6 +156,8 @@ pub struct FastCgiRoute {
     front_controller: Option<String>,
     params: Vec<(String, String)>,
     max_idle: usize,
+    /// Longest wait for the application (connect, response head, each piece of the body).
+    timeout: Duration,
     pool_key: Arc<str>,
     /// Recent answers of `script_for` by URL path: a busy front controller would otherwise
     /// cost a trip to the blocking pool and a few file system calls per request.
@@ -185,6 +188,7 @@ impl FastCgiRoute {
             front_controller: c.front_controller.clone(),
             params: c.params.clone(),
             max_idle: c.max_idle,
+            timeout: c.timeout.0,
             pool_key: Arc::from(c.address.as_str()),
             cache: dashmap::DashMap::new(),
         })
@@ -256,7 +260,11 @@ impl FastCgiRoute {
     pub async fn run(&self, req: Request<Incoming>, script: Arc<Script>, cx: &RequestCx) -> Response<Body> {
         match self.exchange(req, &script, cx).await {
             Ok(r) => r,
-            Err(e) => {
+            Err(Failure::Timeout) => {
+                tracing::warn!(script = %script.name, fastcgi = %self.address, "FastCGI application did not answer within {:?}", self.timeout);
+                simple_response(StatusCode::GATEWAY_TIMEOUT, "gateway timeout: the FastCGI application did not answer in time\n")
+            }
+            Err(Failure::Other(e)) => {
                 tracing::warn!(script = %script.name, fastcgi = %self.address, "FastCGI request failed: {e}");
                 simple_response(StatusCode::BAD_GATEWAY, "bad gateway: the FastCGI application failed to answer\n")
             }
@@ -362,7 +370,15 @@ impl FastCgiRoute {
         out
     }
 
-    async fn exchange(&self, req: Request<Incoming>, script: &Script, cx: &RequestCx) -> Result<Response<Body>, String> {
+    /// A new connection to the application, within the timeout.
+    async fn open(&self) -> Result<Box<dyn Stream>, Failure> {
+        match tokio::time::timeout(self.timeout, connect(&self.address)).await {
+            Ok(r) => r.map_err(|e| Failure::Other(format!("cannot connect to {}: {e}", self.address))),
+            Err(_) => Err(Failure::Timeout),
+        }
+    }
+
+    async fn exchange(&self, req: Request<Incoming>, script: &Script, cx: &RequestCx) -> Result<Response<Body>, Failure> {
         let params = self.params(&req, script, cx);
         let mut out = BytesMut::with_capacity(params.len() + 64);
         let mut begin = [0u8; 8];
@@ -394,7 +410,7 @@ impl FastCgiRoute {
         let mut stream = match reused {
             Some(s) => s,
             None => {
-                let mut s = connect(&self.address).await.map_err(|e| format!("cannot connect to {}: {e}", self.address))?;
+                let mut s = self.open().await?;
                 s.write_all(&request).await.map_err(|e| e.to_string())?;
                 s
             }
@@ -425,20 +441,22 @@ impl FastCgiRoute {
         let keep = (self.max_idle > 0).then(|| (self.pool_key.clone(), self.max_idle));
         let mut reader = RecordReader { stream: Some(stream), buf: BytesMut::with_capacity(16 * 1024), done: false, keep };
         let mut head = BytesMut::new();
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let (status, headers, rest) = loop {
-            match reader.next_stdout().await {
+            let next = tokio::time::timeout_at(deadline, reader.next_stdout()).await.map_err(|_| Failure::Timeout)?;
+            match next {
                 Ok(Some(chunk)) => head.extend_from_slice(&chunk),
                 Ok(None) => return Err("the script ended without a response".into()),
                 Err(e) => match replay.take() {
                     Some(request) if head.is_empty() => {
                         tracing::debug!(fastcgi = %self.address, "kept connection was closed ({e}); sending the request again on a new one");
-                        let mut s = connect(&self.address).await.map_err(|e| format!("cannot connect to {}: {e}", self.address))?;
+                        let mut s = self.open().await?;
                         s.write_all(&request).await.map_err(|e| e.to_string())?;
                         reader.stream = Some(s);
                         reader.buf.clear();
                         continue;
                     }
-                    _ => return Err(e),
+                    _ => return Err(e.into()),
                 },
             }
             if let Some((status, headers, used)) = parse_cgi_head(&head)? {
@@ -449,12 +467,33 @@ impl FastCgiRoute {
             }
         };
         let body = CgiBody { first: (!rest.is_empty()).then_some(rest), reader };
-        let mut r = Response::new(Body::stream(http_body_util::StreamBody::new(body.into_stream())));
+        let body = Box::pin(http_body_util::StreamBody::new(body.into_stream()));
+        let mut r = Response::new(Body::stream(ReadTimeout::new(body, self.timeout)));
         *r.status_mut() = status;
         for (n, v) in headers {
             r.headers_mut().append(n, v);
         }
         Ok(r)
+    }
+}
+
+/// Why an exchange with the application failed.
+enum Failure {
+    /// It did not answer within the route's timeout (504).
+    Timeout,
+    /// Anything else (502), said in one line.
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Other(e)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(e: &str) -> Self {
+        Failure::Other(e.to_string())
     }
 }
 

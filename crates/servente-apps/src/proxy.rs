@@ -581,7 +581,7 @@ async fn send(client: Client, req: Request<UpBody>, timeout: std::time::Duration
 /// as nginx's `proxy_read_timeout`): a server that stalls in the middle of a body would
 /// otherwise hold the client's connection for ever. The timer is armed only while the body
 /// waits, and re-armed (not re-allocated) after each piece.
-struct ReadTimeout<B> {
+pub(crate) struct ReadTimeout<B> {
     inner: B,
     limit: std::time::Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -589,7 +589,7 @@ struct ReadTimeout<B> {
 }
 
 impl<B> ReadTimeout<B> {
-    fn new(inner: B, limit: std::time::Duration) -> Self {
+    pub(crate) fn new(inner: B, limit: std::time::Duration) -> Self {
         ReadTimeout { inner, limit, timer: None, armed: false }
     }
 }

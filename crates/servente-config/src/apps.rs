@@ -303,6 +303,7 @@ pub struct FastCgi {
     pub front_controller: Option<String>,
     pub params: Vec<(String, String)>,
     pub max_idle: usize,
+    pub timeout: Seconds,
     pub line: usize,
     pub key: String,
 }
@@ -326,6 +327,11 @@ impl Section for FastCgi {
                 "max_idle",
                 0,
                 "Connections kept open for reuse per worker thread (FCGI_KEEP_CONN, as nginx's `fastcgi_keep_conn`). Each one holds a php-fpm child while idle: keep it at most `pm.max_children` divided by the worker threads. 0: a connection per request.",
+            ),
+            timeout: t.field(
+                "timeout",
+                Seconds(Duration::from_secs(60)),
+                "Longest wait for the application: to connect, for the response head once the request is sent (then 504), and for each next piece of the body (then the transfer is cut), as nginx's `fastcgi_read_timeout`.",
             ),
             line: t.line(),
             key: t.prefix().to_string(),

@@ -209,6 +209,32 @@ fn php_output_streams_as_it_is_flushed() {
     assert!(first_at + Duration::from_millis(400) < total, "first chunk at {first_at:?}, end at {total:?}: not streamed");
 }
 
+/// A script that takes too long: 504 when not even the head came within the route's timeout,
+/// a transfer cut short when the body stops in the middle; servente goes on.
+#[test]
+fn slow_scripts_meet_the_timeout() {
+    let (fx, fpm) = fixture_with_fpm();
+    fx.write(
+        "root/slow.php",
+        "<?php\nif (isset($_GET['head'])) { header('Content-Type: text/plain'); echo \"part\"; flush(); }\nsleep(8);\necho \"late\";\n",
+    );
+    let cfg = web_config(&format!("[site.fastcgi]\naddress = \"unix:{}\"\ntimeout = \"1s\"\n", fpm.socket.display()));
+    let server = fx.start(&cfg);
+    let base = server.url("web");
+    let t = Instant::now();
+    let r = curl(&["--max-time", "20", &format!("{base}/slow.php")]);
+    let took = t.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("FastCGI"), "{}", r.text());
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "504 after {took:?}");
+    let t = Instant::now();
+    let r = curl(&["--max-time", "20", "-N", &format!("{base}/slow.php?head=1")]);
+    let took = t.elapsed();
+    assert_eq!((r.status, r.text().as_str()), (200, "part"), "{r:?}");
+    assert_ne!(r.exit, 0, "the cut transfer looked complete: {r:?}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "cut after {took:?}");
+}
+
 #[test]
 fn php_fpm_down_is_a_clean_502() {
     let (fx, fpm) = fixture_with_fpm();
