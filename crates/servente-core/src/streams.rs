@@ -65,10 +65,15 @@ pub fn run<T>(cx: &mut Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> Poll<
         poll(cx)
     };
     // A stream's first poll may wake this task (it queued frames to send): the connection is
-    // polled again and writes them.
+    // polled again and writes them. A stream that panics is dropped alone, as a task of its
+    // own would have been; the connection and the other streams go on.
     while let Some(mut stream) = QUEUE.with_borrow_mut(VecDeque::pop_front) {
-        if stream.as_mut().poll(cx).is_pending() {
-            tokio::spawn(stream);
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => {
+                tokio::spawn(stream);
+            }
+            Ok(Poll::Ready(())) => {}
+            Err(_) => tracing::error!("an HTTP/2 stream panicked; it is reset, the connection goes on"),
         }
     }
     result
@@ -115,6 +120,24 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(done.load(Ordering::SeqCst), 11);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_stream_is_dropped_alone() {
+        let done = Arc::new(AtomicUsize::new(0));
+        std::future::poll_fn(|cx| {
+            run(cx, |_| {
+                StreamExec.execute(async { panic!("a broken stream") });
+                let d = done.clone();
+                StreamExec.execute(async move {
+                    d.fetch_add(1, Ordering::SeqCst);
+                });
+                Poll::Ready(())
+            })
+        })
+        .await;
+        assert_eq!(done.load(Ordering::SeqCst), 1, "the stream after the panicking one ran");
+        assert!(QUEUE.with_borrow(|q| q.is_empty()));
     }
 
     #[tokio::test]

@@ -86,8 +86,9 @@ async fn route(role: &FilesRole, mount: &str, rest: &str, req: Request<Incoming>
             let Some((meta, _)) = role.uploads.get(&p.user, id) else {
                 return Err(problem(StatusCode::NOT_FOUND, "no such upload"));
             };
-            role.uploads.remove(id);
-            release_upload(role, &meta);
+            if role.uploads.remove(id) {
+                release_upload(role, &meta);
+            }
             Ok(json_response(StatusCode::OK, &json!({})))
         }
         (&Method::GET | &Method::HEAD, ["zip"]) => {
@@ -316,12 +317,6 @@ struct NewUpload {
     size: u64,
 }
 
-/// The home a WebDAV path lies in (`/users/NAME/...`), whose quota it counts against.
-pub(crate) fn home_of(path: &str) -> Option<&str> {
-    let mut segs = path.split('/').filter(|s| !s.is_empty());
-    (segs.next() == Some("users")).then(|| segs.next()).flatten()
-}
-
 async fn start_upload(role: &FilesRole, p: &Principal, req: Request<Incoming>) -> ApiResult {
     let body: NewUpload = read_json(req).await?;
     let (dav, node) = resolve(role, p, &body.path)?;
@@ -329,7 +324,7 @@ async fn start_upload(role: &FilesRole, p: &Principal, req: Request<Incoming>) -
     // The whole announced size is held against the quota from the start, as a WebDAV PUT
     // holds its Content-Length: two uploads that fit only one at a time cannot both begin,
     // and nobody finds the home full after sending gigabytes.
-    let mut reserved = 0;
+    let (mut reserved, mut home) = (0, None);
     if let Node::Area { kind: Kind::Users, name, .. } = &node
         && let Some(q) = role.st.quota(name)
     {
@@ -337,8 +332,9 @@ async fn start_upload(role: &FilesRole, p: &Principal, req: Request<Incoming>) -
         if !role.st.try_reserve(name, reserved, q) {
             return Err(problem(StatusCode::INSUFFICIENT_STORAGE, "this file does not fit in your quota beside your other uploads"));
         }
+        home = Some(name.clone());
     }
-    let meta = UploadMeta { owner: p.user.clone(), path: body.path, size: body.size, reserved };
+    let meta = UploadMeta { owner: p.user.clone(), path: body.path, size: body.size, reserved, home };
     let id = match role.uploads.create(&meta) {
         Ok(id) => id,
         Err(e) => {
@@ -354,7 +350,7 @@ async fn start_upload(role: &FilesRole, p: &Principal, req: Request<Incoming>) -
 
 /// Gives back an upload's room in the quota (it finished, failed to start or was cancelled).
 fn release_upload(role: &FilesRole, meta: &UploadMeta) {
-    if let Some(home) = home_of(&meta.path) {
+    if let Some(home) = &meta.home {
         role.st.release(home, meta.reserved);
     }
 }
@@ -432,8 +428,9 @@ async fn finish_upload(role: &FilesRole, p: &Principal, id: &str, meta: &UploadM
         Ok(())
     })
     .await?;
-    role.uploads.remove(id);
-    release_upload(role, meta);
+    if role.uploads.remove(id) {
+        release_upload(role, meta);
+    }
     if let Node::Area { kind: Kind::Users, name, .. } = &node {
         role.st.add_usage(name, meta.size as i64 - old as i64);
     }

@@ -55,7 +55,9 @@ fn sync_with(dir: &Path, sync: impl Fn(&Path) -> io::Result<()>) -> io::Result<(
                 st.running = true;
                 let upto = st.asked;
                 drop(st);
+                let running = Running(&folder);
                 let r = sync(dir);
+                std::mem::forget(running);
                 st = lock(&folder.state);
                 st.running = false;
                 if r.is_ok() {
@@ -67,12 +69,27 @@ fn sync_with(dir: &Path, sync: impl Fn(&Path) -> io::Result<()>) -> io::Result<(
             st = folder.finished.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
     })();
-    // The last user of a folder's entry removes it, so the map holds only busy folders.
+    // The last user of a folder's entry removes it, so the map holds only busy folders. The
+    // count is read and this caller's reference dropped under the map's lock, so two callers
+    // finishing together cannot both see the other's reference and leave the entry behind.
     let mut folders = lock(&FOLDERS);
     if Arc::strong_count(&folder) == 2 {
         folders.remove(dir);
     }
+    drop(folder);
+    drop(folders);
     result
+}
+
+/// Set while a sync runs; if the sync panics, the folder is marked idle again and the waiters
+/// woken (one of them runs the next sync), so nobody waits for ever.
+struct Running<'a>(&'a Folder);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).running = false;
+        self.0.finished.notify_all();
+    }
 }
 
 #[cfg(test)]
@@ -157,6 +174,15 @@ mod tests {
         })
         .expect("second sync");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_sync_that_panics_leaves_the_folder_usable() {
+        let dir = Path::new("/servente-test/panicking");
+        let r = std::panic::catch_unwind(|| sync_with(dir, |_| panic!("a broken sync")));
+        assert!(r.is_err());
+        // Not stuck as "running": the next caller syncs at once.
+        sync_with(dir, |_| Ok(())).expect("sync after the panic");
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl FilesRole {
         let uploads = Arc::new(uploads::Uploads::new(&st.root)?);
         // Uploads in progress hold their room in the quota across restarts and reloads.
         for u in uploads.in_progress() {
-            if let Some(home) = api::home_of(&u.path) {
+            if let Some(home) = &u.home {
                 st.try_reserve(home, u.reserved, u64::MAX);
             }
         }

@@ -23,6 +23,9 @@ pub struct UploadMeta {
     /// the file it replaces); given back when it finishes or is cancelled.
     #[serde(default)]
     pub reserved: u64,
+    /// The home whose quota holds `reserved` (as the path resolved when the upload started).
+    #[serde(default)]
+    pub home: Option<String>,
 }
 
 pub struct Uploads {
@@ -125,11 +128,12 @@ impl Uploads {
         self.files(id).map(|(p, _)| p)
     }
 
-    pub fn remove(&self, id: &str) {
-        if let Some((part, json)) = self.files(id) {
-            let _ = std::fs::remove_file(part);
-            let _ = std::fs::remove_file(json);
-        }
+    /// Forgets an upload; true if this call removed its record (so that of a cancel racing
+    /// the finish, only one gives its quota back).
+    pub fn remove(&self, id: &str) -> bool {
+        let Some((part, json)) = self.files(id) else { return false };
+        let _ = std::fs::remove_file(part);
+        std::fs::remove_file(json).is_ok()
     }
 }
 
@@ -147,7 +151,7 @@ mod tests {
     fn chunks_must_follow_each_other_and_stay_within_the_size() {
         let d = tempfile::tempdir().expect("tempdir");
         let u = Uploads::new(d.path()).expect("uploads");
-        let meta = UploadMeta { owner: "alice".into(), path: "/users/alice/f".into(), size: 10, reserved: 0 };
+        let meta = UploadMeta { owner: "alice".into(), path: "/users/alice/f".into(), size: 10, reserved: 0, home: None };
         let id = u.create(&meta).expect("create");
         assert_eq!(u.get("bob", &id), None, "another user's upload is invisible");
         assert_eq!(u.append("alice", &id, 0, b"hello"), Ok(5));
