@@ -319,6 +319,11 @@ struct NewUpload {
 
 async fn start_upload(role: &FilesRole, p: &Principal, req: Request<Incoming>) -> ApiResult {
     let body: NewUpload = read_json(req).await?;
+    // Abandoned uploads give their room back before a new one asks for it.
+    let uploads = role.uploads.clone();
+    for gone in blocking(move || Ok(uploads.sweep_stale())).await? {
+        release_upload(role, &gone);
+    }
     let (dav, node) = resolve(role, p, &body.path)?;
     let old = check_target(role, &dav, &node, body.size)?;
     // The whole announced size is held against the quota from the start, as a WebDAV PUT

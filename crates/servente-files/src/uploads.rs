@@ -3,8 +3,9 @@
 //! last byte has arrived. After a network drop the page asks for the offset and goes on.
 //!
 //! Each upload is `<root>/.uploads/ID.part` (the bytes so far) and `ID.json` (owner, target
-//! path, size, quota reservation). Uploads untouched for a day are removed at startup; those
-//! kept hold their reservation again ([`Uploads::in_progress`]).
+//! path, size, quota reservation). Uploads whose bytes have not grown for a day are removed
+//! at startup and whenever an upload starts ([`Uploads::sweep_stale`]); those kept hold their
+//! reservation again after a restart ([`Uploads::in_progress`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,15 +49,42 @@ impl Uploads {
     pub fn new(root: &Path) -> Result<Uploads, String> {
         let dir = root.join(".uploads");
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                let stale = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE_AFTER);
-                if stale {
-                    let _ = std::fs::remove_file(e.path());
+        let uploads = Uploads { dir };
+        uploads.sweep_stale();
+        Ok(uploads)
+    }
+
+    /// Removes the uploads whose bytes have not grown for [`STALE_AFTER`] (an upload's age is
+    /// that of its `.part`, touched by every chunk; its record is written once), and stray
+    /// files of either kind. Returns the records removed, so their quota can be given back.
+    pub fn sweep_stale(&self) -> Vec<UploadMeta> {
+        let stale = |p: &Path| match std::fs::metadata(p).and_then(|m| m.modified()) {
+            Ok(t) => t.elapsed().unwrap_or_default() > STALE_AFTER,
+            Err(_) => true,
+        };
+        let mut removed = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return removed };
+        for e in entries.flatten() {
+            let path = e.path();
+            let (Some(stem), Some(ext)) = (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|x| x.to_str())) else {
+                continue;
+            };
+            let part = self.dir.join(format!("{stem}.part"));
+            match ext {
+                "json" if stale(&part) => {
+                    let meta = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<UploadMeta>(&b).ok());
+                    if self.remove(stem) {
+                        removed.extend(meta);
+                    }
                 }
+                // A `.part` without its record (a crash between the two writes of `create`).
+                "part" if stale(&part) && !self.dir.join(format!("{stem}.json")).exists() => {
+                    let _ = std::fs::remove_file(&part);
+                }
+                _ => {}
             }
         }
-        Ok(Uploads { dir })
+        removed
     }
 
     fn files(&self, id: &str) -> Option<(PathBuf, PathBuf)> {
@@ -132,8 +160,9 @@ impl Uploads {
     /// the finish, only one gives its quota back).
     pub fn remove(&self, id: &str) -> bool {
         let Some((part, json)) = self.files(id) else { return false };
+        let removed = std::fs::remove_file(json).is_ok();
         let _ = std::fs::remove_file(part);
-        std::fs::remove_file(json).is_ok()
+        removed
     }
 }
 
@@ -162,5 +191,31 @@ mod tests {
         assert_eq!(u.append("alice", "../../etc/passwd", 0, b"x"), Err(ChunkError::NotFound));
         u.remove(&id);
         assert_eq!(u.get("alice", &id), None);
+    }
+
+    #[test]
+    fn only_uploads_idle_for_a_day_are_swept() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let u = Uploads::new(d.path()).expect("uploads");
+        let meta = |n: &str| UploadMeta {
+            owner: "alice".into(),
+            path: format!("/users/alice/{n}"),
+            size: 10,
+            reserved: 7,
+            home: Some("alice".into()),
+        };
+        let (old, fresh) = (u.create(&meta("old")).expect("create"), u.create(&meta("fresh")).expect("create"));
+        let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+        let age = |name: String| {
+            let f = std::fs::OpenOptions::new().write(true).open(d.path().join(".uploads").join(name)).expect("open");
+            f.set_modified(two_days_ago).expect("set mtime");
+        };
+        age(format!("{old}.part"));
+        // A record written long ago whose bytes still grow is not stale.
+        age(format!("{fresh}.json"));
+        assert_eq!(u.sweep_stale(), vec![meta("old")]);
+        assert_eq!(u.get("alice", &old), None);
+        assert!(u.get("alice", &fresh).is_some());
+        assert_eq!(u.sweep_stale(), Vec::new(), "swept once");
     }
 }
