@@ -25,6 +25,7 @@ _web_static = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_web_static)
 parse_wrk = _web_static.parse_wrk
 fmt_rps = _web_static.fmt_rps
+cpu_per_request = _web_static.cpu_per_request
 OTHER_CPU_WARN = _web_static.OTHER_CPU_WARN
 
 # What the issue asks of servente as a reverse proxy, against nginx with the shared config.
@@ -102,8 +103,7 @@ def summarize(results, part, servers):
         opened = [r["upstream_connections"] for r in counted]
         share = [r["upstream_connections"] / r["requests"] for r in counted]
         # CPU the server itself spent per answered request, in microseconds.
-        cpu = [r["server_cpu_seconds"] * 1e6 / r["requests"] for r in runs
-               if r["error"] is None and r.get("server_cpu_seconds") is not None and r.get("requests")]
+        cpu = [c for c in (cpu_per_request(r) for r in runs if r["error"] is None) if c is not None]
         out[server] = {"median_rps": median, "rounds_rps": good, "spread_pct": spread,
                        "errors": errors, "cpu_us_per_request": statistics.median(cpu) if cpu else None,
                        "upstream_connections_opened": statistics.median(opened) if opened else None,

@@ -21,7 +21,7 @@ use servente_core::{Body, RequestCx, simple_response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::pool::Address;
-use crate::proxy::ReadTimeout;
+use crate::read_timeout::ReadTimeout;
 
 const VERSION: u8 = 1;
 const BEGIN_REQUEST: u8 = 1;

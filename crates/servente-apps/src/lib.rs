@@ -13,6 +13,7 @@ pub mod fastcgi;
 pub mod h1;
 pub mod pool;
 pub mod proxy;
+pub mod read_timeout;
 pub mod registry;
 pub mod supervisor;
 pub mod upstream;

@@ -847,14 +847,21 @@ impl Upload {
     /// next bytes arrive (one batch in flight); every [`SYNC_EVERY`] bytes it also asks the
     /// kernel to start writing them to disk without waiting (`posix_fadvise(DONTNEED)` starts
     /// writeback on Linux), so the final fsync has little left to wait for.
+    /// The gathered bytes, with the offset they go to and their length; the position moves
+    /// past them.
+    fn take_batch(&mut self) -> (Vec<Bytes>, u64, u64) {
+        let chunks = std::mem::take(&mut self.pending);
+        let len = std::mem::take(&mut self.pending_len) as u64;
+        let at = self.pos;
+        self.pos += len;
+        (chunks, at, len)
+    }
+
     async fn write_pending(&mut self, wait: bool) -> FsResult<()> {
         if !self.pending.is_empty() {
             self.settle().await?;
-            let chunks = std::mem::take(&mut self.pending);
-            let len = std::mem::take(&mut self.pending_len) as u64;
+            let (chunks, at, len) = self.take_batch();
             let file = self.file.take().ok_or(FsError::GeneralFailure)?;
-            let at = self.pos;
-            self.pos += len;
             self.unsynced += len;
             let sync = (self.unsynced >= SYNC_EVERY).then(|| (at + len - self.unsynced, self.unsynced));
             if sync.is_some() {
@@ -972,9 +979,7 @@ impl DavFile for Upload {
             // The last bytes are written in the same blocking call as the fsync: a small
             // upload then takes one trip to the blocking pool, not two.
             self.settle().await?;
-            let chunks = std::mem::take(&mut self.pending);
-            let at = self.pos;
-            self.pos += std::mem::take(&mut self.pending_len) as u64;
+            let (chunks, at, _) = self.take_batch();
             let file = self.file.take().ok_or(FsError::GeneralFailure)?;
             let (tmp, target) = (self.tmp.clone(), self.target.clone());
             let (meta, took) = blocking(move || {
