@@ -287,6 +287,28 @@ impl Storage {
     pub fn disk_path(&self, path: &DavPath) -> PathBuf {
         self.root.join(path.as_rel_ospath())
     }
+
+    /// Makes the empty file that a LOCK of an unmapped URL creates (RFC 4918 section 9.10.4),
+    /// on disk before the answer. dav-server opens that file for writing but never commits it,
+    /// and an upload that is never committed leaves nothing behind. A file that appeared
+    /// meanwhile (a PUT was quicker) is left as it is.
+    pub(crate) async fn create_empty(&self, path: &DavPath) -> FsResult<()> {
+        let target = self.disk_path(path);
+        blocking(move || {
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+            match o.open(&target) {
+                Ok(f) => {
+                    f.sync_all().map_err(io_err)?;
+                    sync_parent(&target).map_err(io_err)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(io_err(e)),
+            }
+        })
+        .await
+    }
 }
 
 /// The key of a path in the metadata store: relative to the root, no trailing slash.

@@ -242,6 +242,28 @@ impl FilesRole {
                 }
                 _ => resp,
             }
+        } else if req.method().as_str() == "LOCK" {
+            let dav = dav_path_under(mount, req.uri().path());
+            let resp = handler.handle_guarded(req, user, caller).await;
+            match dav {
+                Some(dav) if resp.status() == StatusCode::CREATED => match self.st.create_empty(&dav).await {
+                    Ok(()) => resp,
+                    Err(e) => {
+                        // The lock is of no use without its file: give it back.
+                        use dav_server::ls::DavLockSystem;
+                        if let Some(t) = resp.headers().get("lock-token").and_then(|t| t.to_str().ok()) {
+                            let _ = locks().unlock(&dav, t.trim_start_matches('<').trim_end_matches('>')).await;
+                        }
+                        tracing::warn!(path = %dav, error = ?e, "could not create the file of a LOCK");
+                        let status = match e {
+                            dav_server::fs::FsError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+                            _ => StatusCode::INTERNAL_SERVER_ERROR,
+                        };
+                        return simple_response(status, "the locked file could not be created\n");
+                    }
+                },
+                _ => resp,
+            }
         } else {
             handler.handle_guarded(req, user, caller).await
         };
