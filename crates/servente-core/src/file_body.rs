@@ -7,6 +7,10 @@
 //! holds up the other connections of that thread. Filesystems without RWF_NOWAIT get every chunk
 //! from the blocking pool.
 //!
+//! On a connection that sends files with `sendfile` (see [`FileBody::unread_if`]), a region
+//! that is already in the page cache is not read at all: the body hands over unread bytes
+//! ([`crate::sendfile::unread`]) and the socket takes the pages from the file.
+//!
 //! Chunks are read into buffers kept in a small per-thread pool and given back when the
 //! socket has taken their bytes, so a download neither zeroes nor faults in fresh memory for
 //! every chunk.
@@ -88,6 +92,8 @@ pub struct FileBody {
     pending: Option<JoinHandle<io::Result<Bytes>>>,
     /// False once the filesystem said it cannot read without waiting.
     nowait: bool,
+    /// Cached regions go out unread (see [`FileBody::unread_if`]).
+    unread: bool,
 }
 
 impl FileBody {
@@ -97,7 +103,17 @@ impl FileBody {
 
     /// A region of a file that other bodies read too (the parts of a multipart answer).
     pub fn shared(file: Arc<File>, start: u64, len: u64) -> Self {
-        FileBody { file, pos: start, end: start.saturating_add(len), pending: None, nowait: true }
+        FileBody { file, pos: start, end: start.saturating_add(len), pending: None, nowait: true, unread: false }
+    }
+
+    /// With `yes` (the request's [`crate::RequestCx::sendfile`]), regions already in the page
+    /// cache are not read at all: the body hands over [`crate::sendfile::unread`] bytes, which
+    /// the connection sends from the file. Only for a connection whose stream does that (plain
+    /// HTTP/1.x): any other would have to read them back from the file one small piece at a
+    /// time.
+    pub fn unread_if(mut self, yes: bool) -> Self {
+        self.unread = yes;
+        self
     }
 
     /// The file shrank under the response: its promised length can no longer be sent.
@@ -150,6 +166,11 @@ impl http_body::Body for FileBody {
         }
         if this.pos >= this.end {
             return Poll::Ready(None);
+        }
+        if this.unread
+            && let Some(b) = crate::sendfile::unread(&this.file, this.pos, this.end - this.pos)
+        {
+            return this.frame(Ok(b));
         }
         let want = (this.end - this.pos).min(CHUNK) as usize;
         if let Some(chunk) = this.read_cached(want) {

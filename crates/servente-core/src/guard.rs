@@ -221,33 +221,58 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<I> {
     }
 }
 
+/// A file shorter than the response promised: its length can no longer be kept.
+fn shrank() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "the file became shorter while it was being sent")
+}
+
 impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> GuardedIo<I> {
     /// Writes `bufs`, sending a slice that mirrors a file with `sendfile` (see
     /// [`crate::sendfile`]); the count returned is the same as a plain write's.
     fn write_zero_copy(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        if self.inner.can_sendfile()
-            && let Some(plan) = crate::sendfile::plan(bufs)
-        {
+        let can = self.inner.can_sendfile();
+        if let Some(plan) = crate::sendfile::plan(bufs, can) {
             // Corked from the response head on, so that head and file leave in full segments.
-            if !self.corked {
+            if can && !self.corked {
                 self.inner.cork(true);
                 self.corked = true;
             }
             match plan {
                 Plan::Before(n) => return Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..n]),
-                Plan::Send { file, offset, len } => match self.inner.poll_sendfile(cx, &file, offset, len) {
-                    // The file is shorter now, or cannot be sent this way: the memory is the truth.
-                    Poll::Ready(Ok(0)) => {}
-                    Poll::Ready(Err(e))
-                        if matches!(
-                            e.raw_os_error().map(Errno::from_raw_os_error),
-                            Some(Errno::INVAL | Errno::NOSYS | Errno::OVERFLOW)
-                        ) => {}
-                    other => return other,
-                },
+                Plan::Lost => return Poll::Ready(Err(io::Error::other("unread file bytes lost their file"))),
+                Plan::Send { file, offset, len, unread } => {
+                    if can {
+                        match self.inner.poll_sendfile(cx, &file, offset, len) {
+                            Poll::Ready(Ok(0)) if unread => return Poll::Ready(Err(shrank())),
+                            // The file is shorter now, or cannot be sent this way: the memory
+                            // is the truth.
+                            Poll::Ready(Ok(0)) => {}
+                            Poll::Ready(Err(e))
+                                if matches!(
+                                    e.raw_os_error().map(Errno::from_raw_os_error),
+                                    Some(Errno::INVAL | Errno::NOSYS | Errno::OVERFLOW)
+                                ) => {}
+                            other => return other,
+                        }
+                    }
+                    if unread {
+                        return self.write_from_file(cx, &file, offset, len);
+                    }
+                }
             }
         }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    /// Writes unread file bytes where `sendfile` cannot: read into a small buffer, then
+    /// written (the count is what the socket took, so the rest comes again).
+    fn write_from_file(&mut self, cx: &mut Context<'_>, file: &std::fs::File, offset: u64, len: usize) -> Poll<io::Result<usize>> {
+        let mut buf = vec![0u8; len.min(64 << 10)];
+        let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, offset)?;
+        if n == 0 {
+            return Poll::Ready(Err(shrank()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, &buf[..n])
     }
 
     /// Lets held-back segments go (at a flush, or before the connection ends).
@@ -261,7 +286,7 @@ impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> GuardedIo<I> {
 
 impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncWrite for GuardedIo<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if buf.len() >= crate::sendfile::MIN_SLICE {
+        if buf.len() >= crate::sendfile::MIN_SLICE || crate::sendfile::is_unread(buf) {
             return self.write_zero_copy(cx, &[io::IoSlice::new(buf)]);
         }
         Pin::new(&mut self.inner).poll_write(cx, buf)
@@ -286,6 +311,75 @@ impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncWrite for GuardedIo<I> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Writes every frame of an unread file body through `io` as hyper would (each frame's
+    /// bytes, in as many writes as the stream wants).
+    async fn write_body<I: AsyncRead + AsyncWrite + SendFile + Unpin>(
+        io: &mut GuardedIo<I>,
+        body: crate::file_body::FileBody,
+    ) -> io::Result<()> {
+        use http_body_util::BodyExt;
+        let mut body = std::pin::pin!(body);
+        while let Some(frame) = body.frame().await {
+            let data = frame?.into_data().map_err(|_| io::Error::other("not data"))?;
+            assert!(crate::sendfile::is_unread(&data), "cached bytes go unread");
+            io.write_all(&data).await?;
+        }
+        io.flush().await
+    }
+
+    #[tokio::test]
+    async fn unread_file_bytes_come_from_the_file_with_or_without_sendfile() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        std::io::Write::write_all(&mut f, &data).expect("write");
+        let file = Arc::new(std::fs::File::open(f.path()).expect("open"));
+        let body = || crate::file_body::FileBody::shared(file.clone(), 1000, 200_000).unread_if(true);
+        let want = &data[1000..201_000];
+
+        // A stream that cannot sendfile (a pipe) reads them back from the file.
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut io = GuardedIo::new(server, ConnState::new(), limits(), None);
+        write_body(&mut io, body()).await.expect("written through a pipe");
+        drop(io);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        assert!(got == want, "the pipe got the file's bytes");
+
+        // A TCP connection sends them with sendfile, while the client reads.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.map(|_| got)
+        });
+        let mut io = GuardedIo::new(server, ConnState::new(), limits(), None);
+        write_body(&mut io, body()).await.expect("sent over TCP");
+        drop(io);
+        let got = reader.await.expect("reader").expect("read");
+        assert!(got == want, "the TCP client got the file's bytes");
+
+        // A file that became shorter than promised ends the response with an error, not zeros.
+        let frame = {
+            use http_body_util::BodyExt;
+            let mut b = std::pin::pin!(body());
+            b.frame().await.expect("a frame").expect("no error").into_data().expect("data")
+        };
+        f.as_file().set_len(50_000).expect("truncate");
+        for tcp in [false, true] {
+            let err = if tcp {
+                let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+                let (server, _) = listener.accept().await.expect("accept");
+                tokio::spawn(async move { client.read_to_end(&mut Vec::new()).await });
+                GuardedIo::new(server, ConnState::new(), limits(), None).write_all(&frame).await
+            } else {
+                let (_client, server) = tokio::io::duplex(1 << 20);
+                GuardedIo::new(server, ConnState::new(), limits(), None).write_all(&frame).await
+            };
+            assert_eq!(err.expect_err("a short file cannot be sent").kind(), io::ErrorKind::UnexpectedEof, "tcp: {tcp}");
+        }
+    }
 
     fn limits() -> GuardLimits {
         GuardLimits { header_read_timeout: Duration::from_millis(200), idle_timeout: Duration::from_millis(500) }

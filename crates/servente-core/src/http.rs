@@ -87,6 +87,9 @@ pub struct RequestCx {
     /// The client's address; `None` on a Unix socket.
     pub peer: Option<SocketAddr>,
     pub tls: bool,
+    /// The connection sends file bytes from the file itself (`sendfile`): plain HTTP/1.x on a
+    /// TCP or Unix socket. File bodies may then leave them unread ([`crate::file_body::FileBody::unread_if`]).
+    pub sendfile: bool,
     /// The SNI name the TLS client asked for.
     pub sni: Option<Arc<str>>,
     /// Set by the role: the site (or role area) that answered, for metrics and the access log.
@@ -123,6 +126,8 @@ pub(crate) struct ConnInfo {
     pub listener_index: usize,
     pub peer: Option<SocketAddr>,
     pub tls: bool,
+    /// The stream can `sendfile` (a plain socket).
+    pub sendfile: bool,
     pub sni: Option<Arc<str>>,
     pub state: Arc<ConnState>,
     /// The client's address as the access log writes it, made on the first logged request.
@@ -161,6 +166,7 @@ pub(crate) async fn serve_request<R: Router>(
         listener_index: conn.listener_index,
         peer: conn.peer,
         tls: conn.tls,
+        sendfile: conn.sendfile && req.version() < http::Version::HTTP_2,
         sni: conn.sni.clone(),
         site: None,
         user: None,

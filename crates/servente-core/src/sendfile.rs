@@ -15,6 +15,15 @@
 //! new bytes, as nginx's `sendfile` does; files replaced by rename, as deploy tools and
 //! servente's own uploads do, keep sending the old ones, since the open file is the old one.
 //!
+//! A body may go further and not read the bytes at all ([`unread`]): for a connection that is
+//! known to send files this way (plain HTTP/1.x), a file region that is all in the page cache
+//! is handed to hyper as bytes of a reserved, zero-filled address range, registered like any
+//! mirror but marked unread. Here the file is the truth: such a slice is always sent from the
+//! file (by `sendfile`, or by reading it into a small buffer where `sendfile` cannot run, of
+//! any length), and a file that became shorter ends the connection rather than send zeros.
+//! This spares the copy of every byte into memory that nothing reads, and lets the response
+//! head leave before any of the file is read.
+//!
 //! Hand-written: no crate bridges hyper and `sendfile`.
 
 use std::collections::BTreeMap;
@@ -33,6 +42,8 @@ struct Region {
     len: usize,
     file: Arc<File>,
     offset: u64,
+    /// The memory does not hold the bytes (see [`unread`]).
+    unread: bool,
 }
 
 /// Memory regions that mirror file regions, by start address.
@@ -50,10 +61,14 @@ impl Mirror {
         if mem.len() < MIN_SLICE {
             return None;
         }
+        Some(Self::insert(mem, file, offset, false))
+    }
+
+    fn insert(mem: &[u8], file: Arc<File>, offset: u64, unread: bool) -> Mirror {
         let start = mem.as_ptr() as usize;
         let mut map = MIRRORS.write().unwrap_or_else(|e| e.into_inner());
-        map.insert(start, Region { len: mem.len(), file, offset });
-        Some(Mirror { start })
+        map.insert(start, Region { len: mem.len(), file, offset, unread });
+        Mirror { start }
     }
 }
 
@@ -63,12 +78,110 @@ impl Drop for Mirror {
     }
 }
 
-/// The file region that `slice` mirrors, if any.
-fn mirror_of(slice: &[u8]) -> Option<(Arc<File>, u64)> {
+/// The file region that `slice` mirrors, if any, and whether it is unread.
+fn mirror_of(slice: &[u8]) -> Option<(Arc<File>, u64, bool)> {
     let at = slice.as_ptr() as usize;
     let map = MIRRORS.read().unwrap_or_else(|e| e.into_inner());
     let (start, r) = map.range(..=at).next_back()?;
-    (at + slice.len() <= start + r.len).then(|| (r.file.clone(), r.offset + (at - start) as u64))
+    (at + slice.len() <= start + r.len).then(|| (r.file.clone(), r.offset + (at - start) as u64, r.unread))
+}
+
+/// The address range unread bytes point into: mapped once, read-only and never written, so it
+/// costs no memory (every page is the kernel's shared zero page), and a bug that copied from it
+/// would send zeros, never another file's bytes. Cut into slots, one per live [`unread`] frame.
+struct UnreadArea {
+    map: memmap2::Mmap,
+    free: std::sync::Mutex<Vec<u32>>,
+}
+
+/// Largest unread frame: 2 MiB, so a large file takes few trips through hyper.
+pub const UNREAD_SLOT: usize = 2 << 20;
+/// Unread frames alive at once at most (8 GiB of address space, no memory; a download holds
+/// one or two); past that, file bodies read their bytes as before.
+const UNREAD_SLOTS: usize = 4 << 10;
+
+static UNREAD: std::sync::OnceLock<Option<UnreadArea>> = std::sync::OnceLock::new();
+
+fn unread_area() -> Option<&'static UnreadArea> {
+    UNREAD
+        .get_or_init(|| {
+            let map =
+                memmap2::MmapOptions::new().len(UNREAD_SLOT * UNREAD_SLOTS).no_reserve_swap().map_anon().and_then(|m| m.make_read_only());
+            match map {
+                Ok(map) => Some(UnreadArea { map, free: std::sync::Mutex::new((0..UNREAD_SLOTS as u32).rev().collect()) }),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no address range for unread file bytes: file bodies read them");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Whether `mem` lies in the unread area (its bytes are not the file's).
+pub fn is_unread(mem: &[u8]) -> bool {
+    UNREAD.get().and_then(Option::as_ref).is_some_and(|a| (mem.as_ptr() as usize).wrapping_sub(a.map.as_ptr() as usize) < a.map.len())
+}
+
+/// Bytes that stand for up to `len` bytes of `file` from `offset` (at most [`UNREAD_SLOT`])
+/// without reading them, for a connection whose stream sends them from the file itself. Only
+/// when those bytes are in the page cache (see [`cached`]), so that `sendfile` does not wait
+/// for the disk on the connection's thread; `None` otherwise, and the caller reads them.
+pub fn unread(file: &Arc<File>, offset: u64, len: u64) -> Option<Bytes> {
+    let len = len.min(UNREAD_SLOT as u64) as usize;
+    if len == 0 || !cached(file, offset, len as u64) {
+        return None;
+    }
+    let area = unread_area()?;
+    let slot = area.free.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+    let at = slot as usize * UNREAD_SLOT;
+    let mem: &'static [u8] = &area.map[at..at + len];
+    struct Owner {
+        mirror: Option<Mirror>,
+        mem: &'static [u8],
+        slot: u32,
+        area: &'static UnreadArea,
+    }
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            self.mem
+        }
+    }
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            // Unregistered before the slot can be handed out again.
+            self.mirror = None;
+            self.area.free.lock().unwrap_or_else(|e| e.into_inner()).push(self.slot);
+        }
+    }
+    let mirror = Some(Mirror::insert(mem, file.clone(), offset, true));
+    Some(Bytes::from_owner(Owner { mirror, mem, slot, area }))
+}
+
+/// Distance between the pages [`cached`] looks at.
+const PROBE_EVERY: u64 = 256 << 10;
+
+/// Whether `len` bytes of `file` from `offset` are in the page cache, judged by one byte every
+/// [`PROBE_EVERY`] and the last one, each read with `preadv2(RWF_NOWAIT)` (which refuses
+/// rather than wait for the disk). A file read through is cached whole or not at all in
+/// practice; a region evicted between two probes makes `sendfile` wait for it on the
+/// connection's thread, as nginx's does. (`cachestat(2)` would count every page, but needs
+/// Linux 6.5 and a raw system call.)
+fn cached(file: &File, offset: u64, len: u64) -> bool {
+    let last = offset + len - 1;
+    let mut byte = [0u8; 1];
+    let mut at = offset;
+    loop {
+        let probe = at.min(last);
+        match rustix::io::preadv2(file, &mut [std::io::IoSliceMut::new(&mut byte)], probe, rustix::io::ReadWriteFlags::NOWAIT) {
+            Ok(1) => {}
+            _ => return false,
+        }
+        if probe == last {
+            return true;
+        }
+        at += PROBE_EVERY;
+    }
 }
 
 /// Files kept open by [`mirrored`] bytes at most, so that a large cache of bodies cannot take
@@ -167,15 +280,30 @@ impl SendFile for tokio::io::DuplexStream {}
 pub enum Plan {
     /// Write only the first this many slices, which come before a mirrored one.
     Before(usize),
-    /// Send the first slice from its file.
-    Send { file: Arc<File>, offset: u64, len: usize },
+    /// Send the first slice from its file; if `unread`, its memory does not hold the bytes.
+    Send { file: Arc<File>, offset: u64, len: usize, unread: bool },
+    /// An unread slice whose file is not known any more: nothing right can be sent.
+    Lost,
 }
 
-/// The plan for a write of `bufs`; `None`: write them as usual.
-pub fn plan(bufs: &[IoSlice<'_>]) -> Option<Plan> {
-    let (i, (file, offset)) =
-        bufs.iter().enumerate().find_map(|(i, b)| (b.len() >= MIN_SLICE).then(|| mirror_of(b)).flatten().map(|m| (i, m)))?;
-    Some(if i > 0 { Plan::Before(i) } else { Plan::Send { file, offset, len: bufs[0].len() } })
+/// The plan for a write of `bufs` by a stream that can `sendfile` (`can`) or not (then only
+/// unread slices, which must come from their file, change anything); `None`: write them as
+/// usual.
+pub fn plan(bufs: &[IoSlice<'_>], can: bool) -> Option<Plan> {
+    let (i, found) = bufs.iter().enumerate().find_map(|(i, b)| {
+        if is_unread(b) {
+            Some((i, mirror_of(b)))
+        } else if can && b.len() >= MIN_SLICE {
+            mirror_of(b).map(|m| (i, Some(m)))
+        } else {
+            None
+        }
+    })?;
+    Some(match found {
+        _ if i > 0 => Plan::Before(i),
+        Some((file, offset, unread)) => Plan::Send { file, offset, len: bufs[0].len(), unread },
+        None => Plan::Lost,
+    })
 }
 
 #[cfg(test)]
@@ -190,14 +318,16 @@ mod tests {
         f.write_all(&data).expect("write");
         let b = mirrored(data, File::open(f.path()).expect("open"));
         let inner = b.slice(20_000..40_000);
-        let (_, off) = mirror_of(&inner).expect("an interior slice is mirrored");
+        let (_, off, unread) = mirror_of(&inner).expect("an interior slice is mirrored");
+        assert!(!unread);
         assert_eq!(off, 20_000);
         assert!(mirror_of(&vec![0u8; 20_000]).is_none(), "other memory is not");
         let small = b.slice(0..100);
         let plain = IoSlice::new(b"HTTP/1.1 200 OK\r\n\r\n");
-        assert!(plan(&[IoSlice::new(&small)]).is_none(), "small slices are copied");
-        assert!(matches!(plan(&[plain, IoSlice::new(&inner)]), Some(Plan::Before(1))), "the head goes first, alone");
-        assert!(matches!(plan(&[IoSlice::new(&inner)]), Some(Plan::Send { offset: 20_000, len: 20_000, .. })));
+        assert!(plan(&[IoSlice::new(&small)], true).is_none(), "small slices are copied");
+        assert!(matches!(plan(&[plain, IoSlice::new(&inner)], true), Some(Plan::Before(1))), "the head goes first, alone");
+        assert!(matches!(plan(&[IoSlice::new(&inner)], true), Some(Plan::Send { offset: 20_000, len: 20_000, unread: false, .. })));
+        assert!(plan(&[IoSlice::new(&inner)], false).is_none(), "a stream without sendfile writes mirrors from memory");
         drop((b, inner, small));
 
         let mem = vec![1u8; 32 << 10];
@@ -206,5 +336,29 @@ mod tests {
         assert!(mirror_of(&mem).is_some());
         drop(m);
         assert!(mirror_of(&mem).is_none(), "a dropped registration is gone while the memory lives on");
+    }
+
+    #[test]
+    fn unread_bytes_point_at_their_file_and_must_come_from_it() {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(&vec![9u8; UNREAD_SLOT + 5000]).expect("write");
+        f.flush().expect("flush");
+        let file = Arc::new(File::open(f.path()).expect("open"));
+        // Just written, so in the page cache.
+        let b = unread(&file, 100, (UNREAD_SLOT + 5000) as u64).expect("cached bytes are left unread");
+        assert_eq!(b.len(), UNREAD_SLOT, "at most one slot");
+        assert!(is_unread(&b) && b.iter().take(4096).all(|&x| x == 0), "zeros from the reserved range");
+        // Any piece of it, however small, is sent from the file, even by a stream without sendfile.
+        let piece = b.slice(10..20);
+        assert!(matches!(plan(&[IoSlice::new(&piece)], false), Some(Plan::Send { offset: 110, len: 10, unread: true, .. })));
+        let head = IoSlice::new(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(matches!(plan(&[head, IoSlice::new(&piece)], false), Some(Plan::Before(1))));
+        // Its slot is given back with the bytes, unregistered.
+        let at = b.as_ptr() as usize;
+        drop((b, piece));
+        let again = unread(&file, 0, 10).expect("a slot again");
+        assert_eq!(again.as_ptr() as usize, at, "the freed slot is reused");
+        assert!(matches!(mirror_of(&again), Some((_, 0, true))));
+        assert!(!is_unread(&[0u8; 10]), "ordinary memory is not unread");
     }
 }

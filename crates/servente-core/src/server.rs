@@ -401,6 +401,7 @@ async fn serve_http<R, IO>(
     let settings = shared.settings.load_full();
     let state = ConnState::new();
     let metrics = shared.engine.metrics.clone();
+    let sendfile = io.can_sendfile();
     let guarded = GuardedIo::new(io, state.clone(), settings.guard, h2).on_header_timeout(move || {
         metrics.header_timeouts.fetch_add(1, Relaxed);
     });
@@ -410,6 +411,7 @@ async fn serve_http<R, IO>(
         listener_index: spec.index,
         peer,
         tls: spec.tls.is_some(),
+        sendfile,
         sni,
         state,
         peer_text: std::sync::OnceLock::new(),

@@ -21,7 +21,8 @@ pub fn needs_dav_server(h: &HeaderMap) -> bool {
     ["range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range", "if"].iter().any(|n| h.contains_key(*n))
 }
 
-pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: bool) -> Option<Response<Body>> {
+/// `sendfile`: the request's [`servente_core::RequestCx::sendfile`].
+pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: bool, sendfile: bool) -> Option<Response<Body>> {
     let Ok(Node::Area { depth, .. }) = st.resolve(dav, &caller.who) else { return None };
     if depth == 0 {
         return None;
@@ -32,7 +33,7 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
         return None;
     }
     let len = meta.len();
-    let body = if head { Body::empty() } else { Body::stream(FileBody::new(file, 0, len)) };
+    let body = if head { Body::empty() } else { Body::stream(FileBody::new(file, 0, len).unread_if(sendfile)) };
     let mut r = Response::new(body);
     let h = r.headers_mut();
     let name = dav.file_name().unwrap_or("");

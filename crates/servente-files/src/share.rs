@@ -91,7 +91,7 @@ pub async fn handle(role: &FilesRole, mount: &str, link: &str, req: Request<Inco
         return listing(&disk, &name).await;
     }
     let download = crate::api::query(&req, "download").is_some();
-    file_response(&disk, &name, download, *req.method() == Method::HEAD)
+    file_response(&disk, &name, download, *req.method() == Method::HEAD, cx.sendfile)
 }
 
 /// The file for `sub` under a share, refusing anything that leaves it (`..`, links).
@@ -235,11 +235,11 @@ fn disposition(kind: &str, name: &str) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("attachment"))
 }
 
-fn file_response(disk: &Path, name: &str, download: bool, head: bool) -> Response<Body> {
+fn file_response(disk: &Path, name: &str, download: bool, head: bool, sendfile: bool) -> Response<Body> {
     let Some((file, len)) = std::fs::File::open(disk).ok().and_then(|f| f.metadata().ok().map(|m| (f, m.len()))) else {
         return page(StatusCode::NOT_FOUND, "Not found", "<p>The file is gone.</p>");
     };
-    let body = if head { Body::empty() } else { Body::stream(servente_core::file_body::FileBody::new(file, 0, len)) };
+    let body = if head { Body::empty() } else { Body::stream(servente_core::file_body::FileBody::new(file, 0, len).unread_if(sendfile)) };
     let mut r = Response::new(body);
     let h = r.headers_mut();
     let mime = mime_for(name);

@@ -161,7 +161,7 @@ impl WebRole {
                 if let Some((route, script)) = site.fastcgi_script(req.uri().path()).await {
                     return Box::pin(route.run(req, script, cx)).await;
                 }
-                site.handle(&req, cx.started).await
+                site.handle(&req, cx.started, cx.sendfile).await
             }
             None => servente_core::simple_response(http::StatusCode::MISDIRECTED_REQUEST, "no site serves this host\n"),
         }

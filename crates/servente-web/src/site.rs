@@ -182,7 +182,7 @@ impl Site {
 
     /// Answers one request.
     /// Answers one request; `now` is a recent clock reading (the request's start).
-    pub async fn handle<B>(&self, req: &Request<B>, now: Instant) -> Response<Body> {
+    pub async fn handle<B>(&self, req: &Request<B>, now: Instant, sendfile: bool) -> Response<Body> {
         let method = req.method();
         if method == Method::OPTIONS {
             let mut r = empty(StatusCode::NO_CONTENT);
@@ -209,7 +209,7 @@ impl Site {
         }
         let target = self.lookup(url_path, &clean.relative, clean.trailing_slash, now).await;
         match target.as_ref() {
-            Target::File(f) => self.serve_file(f, req.headers(), head).await,
+            Target::File(f) => self.serve_file(f, req.headers(), head, sendfile).await,
             Target::AddSlash => {
                 let mut location = path::encode_path(&format!("{url_path}/"));
                 if let Some(q) = req.uri().query() {
@@ -300,7 +300,7 @@ impl Site {
         strip_body_for_head(text(status, message), head)
     }
 
-    async fn serve_file(&self, f: &Arc<FileMeta>, req: &HeaderMap, head: bool) -> Response<Body> {
+    async fn serve_file(&self, f: &Arc<FileMeta>, req: &HeaderMap, head: bool, sendfile: bool) -> Response<Body> {
         let range_header = req.get(header::RANGE).and_then(|v| v.to_str().ok());
         // Pick the representation: a fresh sidecar, on-the-fly compression, or the file as is.
         let accept = req.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -383,7 +383,7 @@ impl Site {
                 } else {
                     match cached {
                         Some(b) => Body::full(b.clone()),
-                        None => match file_body(source_path, 0, len) {
+                        None => match file_body(source_path, 0, len, sendfile) {
                             Ok(b) => b,
                             Err(_) => return text(StatusCode::NOT_FOUND, "not found\n"),
                         },
@@ -409,7 +409,7 @@ impl Site {
                 } else {
                     match cached {
                         Some(b) => Body::full(b.slice(r.start as usize..=r.end as usize)),
-                        None => match file_body(source_path, r.start, r.len()) {
+                        None => match file_body(source_path, r.start, r.len(), sendfile) {
                             Ok(b) => b,
                             Err(_) => return text(StatusCode::NOT_FOUND, "not found\n"),
                         },
@@ -433,7 +433,7 @@ impl Site {
                     match cached {
                         Some(b) => Body::full(multipart_in_memory(&mp, &list, b)),
                         None => match std::fs::File::open(source_path) {
-                            Ok(file) => Body::stream(MultipartBody::new(file, mp, list)),
+                            Ok(file) => Body::stream(MultipartBody::new(file, mp, list, sendfile)),
                             Err(_) => return text(StatusCode::NOT_FOUND, "not found\n"),
                         },
                     }
@@ -499,9 +499,10 @@ fn strip_body_for_head(mut r: Response<Body>, head: bool) -> Response<Body> {
 }
 
 /// Streams `len` bytes of a file from `start` (read from the page cache on this thread when
-/// the bytes are there, see [`FileBody`]).
-fn file_body(path: &std::path::Path, start: u64, len: u64) -> io::Result<Body> {
-    Ok(Body::stream(FileBody::new(std::fs::File::open(path)?, start, len)))
+/// the bytes are there, or not read at all on a connection that sends them with `sendfile`,
+/// see [`FileBody`]).
+fn file_body(path: &std::path::Path, start: u64, len: u64, sendfile: bool) -> io::Result<Body> {
+    Ok(Body::stream(FileBody::new(std::fs::File::open(path)?, start, len).unread_if(sendfile)))
 }
 
 fn multipart_in_memory(mp: &Multipart, list: &[ByteRange], body: &Bytes) -> Bytes {
@@ -522,12 +523,14 @@ struct MultipartBody {
     parts: std::vec::IntoIter<(Bytes, ByteRange)>,
     current: Option<FileBody>,
     closing: Option<Bytes>,
+    /// Parts may go unread ([`FileBody::unread_if`]).
+    sendfile: bool,
 }
 
 impl MultipartBody {
-    fn new(file: std::fs::File, mp: Multipart, list: Vec<ByteRange>) -> Self {
+    fn new(file: std::fs::File, mp: Multipart, list: Vec<ByteRange>, sendfile: bool) -> Self {
         let parts: Vec<(Bytes, ByteRange)> = mp.part_headers.into_iter().map(Bytes::from).zip(list).collect();
-        MultipartBody { file: Arc::new(file), parts: parts.into_iter(), current: None, closing: Some(Bytes::from(mp.closing)) }
+        MultipartBody { file: Arc::new(file), parts: parts.into_iter(), current: None, closing: Some(Bytes::from(mp.closing)), sendfile }
     }
 }
 
@@ -549,7 +552,7 @@ impl http_body::Body for MultipartBody {
         }
         Poll::Ready(match this.parts.next() {
             Some((header, r)) => {
-                this.current = Some(FileBody::shared(this.file.clone(), r.start, r.len()));
+                this.current = Some(FileBody::shared(this.file.clone(), r.start, r.len()).unread_if(this.sendfile));
                 Some(Ok(Frame::data(header)))
             }
             None => this.closing.take().map(|c| Ok(Frame::data(c))),
@@ -616,7 +619,7 @@ mod tests {
         let expected = multipart_in_memory(&mp(), &list, &Bytes::from(data.clone()));
         assert_eq!(expected.len() as u64, mp().body_len(&list));
         let file = std::fs::File::open(&path).expect("open");
-        let got = MultipartBody::new(file, mp(), list.clone()).collect().await.expect("body").to_bytes();
+        let got = MultipartBody::new(file, mp(), list.clone(), false).collect().await.expect("body").to_bytes();
         assert!(got == expected, "{} bytes streamed, {} expected", got.len(), expected.len());
     }
 

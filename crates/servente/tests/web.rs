@@ -515,6 +515,26 @@ fn ranges_from_memory_and_from_disk() {
     }
 }
 
+/// A file of several MiB served from disk (not cached): over plain HTTP/1.1 its bytes are not
+/// read by servente but sent from the file (unread bodies, `sendfile`), over HTTP/2 they are
+/// read; both, whole or a range, arrive exactly.
+#[test]
+fn large_files_from_disk_arrive_whole() {
+    let data = noise((5 << 20) + 123, 7);
+    let fx = Fixture::new();
+    fx.write("root/big.bin", &data);
+    let server = fx.start(&web_config("").replace("[access_log]", "[cache]\nmax_file_bytes = 0\n\n[access_log]"));
+    let url = format!("{}/big.bin", server.url("web"));
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let r = curl(&[proto, &url]);
+        assert_eq!(r.status, 200, "{proto}");
+        assert!(r.body == data, "{proto}: {} bytes of {}", r.body.len(), data.len());
+        let r = curl(&[proto, "-H", "Range: bytes=1000000-4500000", &url]);
+        assert_eq!(r.status, 206, "{proto}");
+        assert!(r.body == data[1_000_000..=4_500_000], "{proto}: range of {} bytes", r.body.len());
+    }
+}
+
 fn compression_fixture() -> (Fixture, String, String, String, Vec<u8>, Vec<u8>) {
     let fx = Fixture::new();
     let big = css_text(8000);
