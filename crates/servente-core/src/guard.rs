@@ -258,6 +258,8 @@ impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> GuardedIo<I> {
                     if unread {
                         return self.write_from_file(cx, &file, offset, len);
                     }
+                    // From memory, and that slice alone: an unread slice may follow it.
+                    return Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..1]);
                 }
             }
         }
@@ -268,7 +270,12 @@ impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> GuardedIo<I> {
     /// written (the count is what the socket took, so the rest comes again).
     fn write_from_file(&mut self, cx: &mut Context<'_>, file: &std::fs::File, offset: u64, len: usize) -> Poll<io::Result<usize>> {
         let mut buf = vec![0u8; len.min(64 << 10)];
-        let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, offset)?;
+        let n = loop {
+            match std::os::unix::fs::FileExt::read_at(file, &mut buf, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => break r?,
+            }
+        };
         if n == 0 {
             return Poll::Ready(Err(shrank()));
         }
@@ -367,6 +374,25 @@ mod tests {
             b.frame().await.expect("a frame").expect("no error").into_data().expect("data")
         };
         f.as_file().set_len(50_000).expect("truncate");
+        // A mirrored (read) chunk of the shrunk file falls back to its memory, and alone: the
+        // unread slice queued behind it must not go out with it as zeros.
+        {
+            let listener2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let mut tcp_client = tokio::net::TcpStream::connect(listener2.local_addr().expect("addr")).await.expect("connect");
+            let (tcp_server, _) = listener2.accept().await.expect("accept");
+            // Registered as the file from offset 0: its tail lies past the new end, where
+            // sendfile sends nothing.
+            let read_chunk = crate::sendfile::mirrored(data[30_000..110_000].to_vec(), std::fs::File::open(f.path()).expect("open"));
+            let past_end = read_chunk.slice(55_000..);
+            let mut io = GuardedIo::new(tcp_server, ConnState::new(), limits(), None);
+            let bufs = [io::IoSlice::new(&past_end), io::IoSlice::new(&frame)];
+            let n = std::future::poll_fn(|cx| Pin::new(&mut io).poll_write_vectored(cx, &bufs)).await.expect("written from memory");
+            assert_eq!(n, past_end.len(), "only the read slice, from memory");
+            drop(io);
+            let mut got = Vec::new();
+            tcp_client.read_to_end(&mut got).await.expect("read");
+            assert!(got == data[85_000..110_000], "the read chunk's own bytes");
+        }
         for tcp in [false, true] {
             let err = if tcp {
                 let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");

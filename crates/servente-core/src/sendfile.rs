@@ -353,11 +353,10 @@ mod tests {
         assert!(matches!(plan(&[IoSlice::new(&piece)], false), Some(Plan::Send { offset: 110, len: 10, unread: true, .. })));
         let head = IoSlice::new(b"HTTP/1.1 200 OK\r\n\r\n");
         assert!(matches!(plan(&[head, IoSlice::new(&piece)], false), Some(Plan::Before(1))));
-        // Its slot is given back with the bytes, unregistered.
-        let at = b.as_ptr() as usize;
+        // Dropped, its registration goes with it (the slot itself may already serve another
+        // test running in parallel, so only the new one is checked).
         drop((b, piece));
         let again = unread(&file, 0, 10).expect("a slot again");
-        assert_eq!(again.as_ptr() as usize, at, "the freed slot is reused");
         assert!(matches!(mirror_of(&again), Some((_, 0, true))));
         assert!(!is_unread(&[0u8; 10]), "ordinary memory is not unread");
     }

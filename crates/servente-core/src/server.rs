@@ -64,6 +64,10 @@ impl Settings {
                 .keep_alive(true)
                 // A request head must fit in the read buffer: hyper answers 431 when it does not.
                 .max_buf_size(max_header);
+            // Leave hyper's write strategy alone (no `writev(false)`, no `pipeline_flush`): it
+            // must hand body bytes to the stream as they are, never copy them into its own
+            // buffer, or unread file bytes (see `sendfile::unread`) would go out as zeros.
+            // `ConnInfo::sendfile` also requires a stream with vectored writes for that reason.
             if l.max_headers != 100 {
                 // hyper keeps up to 100 headers on the stack; only a different limit costs a heap buffer.
                 h1.max_headers(l.max_headers);
@@ -401,7 +405,9 @@ async fn serve_http<R, IO>(
     let settings = shared.settings.load_full();
     let state = ConnState::new();
     let metrics = shared.engine.metrics.clone();
-    let sendfile = io.can_sendfile();
+    // hyper copies body bytes (flattens) for a stream without vectored writes: unread bytes
+    // must not meet that.
+    let sendfile = io.can_sendfile() && io.is_write_vectored();
     let guarded = GuardedIo::new(io, state.clone(), settings.guard, h2).on_header_timeout(move || {
         metrics.header_timeouts.fetch_add(1, Relaxed);
     });
