@@ -378,6 +378,17 @@ impl FastCgiRoute {
         }
     }
 
+    /// Writes `bytes` to the application, each write within the route's timeout (as nginx's
+    /// `fastcgi_send_timeout`): an application that stops reading its input (a stuck script
+    /// with a large POST body) must not hold the client for ever. No timer is armed when the
+    /// socket takes the bytes at once, as it does for a request head.
+    async fn send(&self, s: &mut Box<dyn Stream>, bytes: &[u8]) -> Result<(), Failure> {
+        match tokio::time::timeout(self.timeout, s.write_all(bytes)).await {
+            Ok(r) => r.map_err(|e| Failure::Other(e.to_string())),
+            Err(_) => Err(Failure::Timeout),
+        }
+    }
+
     async fn exchange(&self, req: Request<Incoming>, script: &Script, cx: &RequestCx) -> Result<Response<Body>, Failure> {
         let params = self.params(&req, script, cx);
         let mut out = BytesMut::with_capacity(params.len() + 64);
@@ -400,7 +411,7 @@ impl FastCgiRoute {
         // head on it fails, a fresh connection takes the request (nothing of it was processed).
         let mut reused = take_idle(&self.pool_key);
         if let Some(s) = reused.as_mut()
-            && s.write_all(&request).await.is_err()
+            && self.send(s, &request).await.is_err()
         {
             reused = None;
         }
@@ -411,7 +422,7 @@ impl FastCgiRoute {
             Some(s) => s,
             None => {
                 let mut s = self.open().await?;
-                s.write_all(&request).await.map_err(|e| e.to_string())?;
+                self.send(&mut s, &request).await?;
                 s
             }
         };
@@ -430,12 +441,12 @@ impl FastCgiRoute {
                     left -= data.len() as u64;
                     out.clear();
                     write_stream(&mut out, STDIN, data);
-                    stream.write_all(&out).await.map_err(|e| e.to_string())?;
+                    self.send(&mut stream, &out).await?;
                 }
             }
             out.clear();
             write_record(&mut out, STDIN, &[]);
-            stream.write_all(&out).await.map_err(|e| e.to_string())?;
+            self.send(&mut stream, &out).await?;
         }
         // The response head.
         let keep = (self.max_idle > 0).then(|| (self.pool_key.clone(), self.max_idle));
@@ -451,7 +462,7 @@ impl FastCgiRoute {
                     Some(request) if head.is_empty() => {
                         tracing::debug!(fastcgi = %self.address, "kept connection was closed ({e}); sending the request again on a new one");
                         let mut s = self.open().await?;
-                        s.write_all(&request).await.map_err(|e| e.to_string())?;
+                        self.send(&mut s, &request).await?;
                         reader.stream = Some(s);
                         reader.buf.clear();
                         continue;

@@ -331,7 +331,7 @@ impl Section for FastCgi {
             timeout: t.field(
                 "timeout",
                 Seconds(Duration::from_secs(60)),
-                "Longest wait for the application: to connect, for the response head once the request is sent (then 504), and for each next piece of the body (then the transfer is cut), as nginx's `fastcgi_read_timeout`.",
+                "Longest wait for the application: to connect, to take each piece of the request (a script that stops reading its input; then 504), for the response head once the request is sent (then 504), and for each next piece of the body (then the transfer is cut), as nginx's `fastcgi_send_timeout` and `fastcgi_read_timeout`.",
             ),
             line: t.line(),
             key: t.prefix().to_string(),

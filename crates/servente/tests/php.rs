@@ -235,6 +235,36 @@ fn slow_scripts_meet_the_timeout() {
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "cut after {took:?}");
 }
 
+/// An application that stops reading its input (here: one that accepts and never reads) gets
+/// the rest of a large POST body for at most the route's timeout, then the client has a 504;
+/// before, the request hung for as long as the application did.
+#[test]
+fn an_application_that_stops_reading_meets_the_timeout() {
+    let fx = Fixture::new();
+    let socket = fx.path().join("deaf.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind the deaf application");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    fx.write("root/upload.php", "<?php echo 'never runs';\n");
+    fx.write("root/plain.txt", "still here\n");
+    let body = fx.path().join("body.bin");
+    std::fs::write(&body, vec![b'x'; 8 << 20]).expect("body file");
+    let cfg = web_config(&format!("[site.fastcgi]\naddress = \"unix:{}\"\ntimeout = \"1s\"\n", socket.display()));
+    let server = fx.start(&cfg);
+    let t = Instant::now();
+    let data = format!("@{}", body.display());
+    let r = curl(&["--max-time", "20", "-H", "Expect:", "--data-binary", &data, &format!("{}/upload.php", server.url("web"))]);
+    let took = t.elapsed();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(8), "504 after {took:?}");
+    // The server goes on.
+    assert_eq!(curl(&[&format!("{}/plain.txt", server.url("web"))]).text(), "still here\n");
+}
+
 #[test]
 fn php_fpm_down_is_a_clean_502() {
     let (fx, fpm) = fixture_with_fpm();
