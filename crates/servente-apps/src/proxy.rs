@@ -41,12 +41,21 @@ pub fn empty_body() -> UpBody {
 pub struct CappedBody {
     inner: Incoming,
     left: u64,
-    tripped: Arc<std::sync::atomic::AtomicBool>,
+    state: Arc<BodyState>,
+}
+
+/// What the proxy learns of a request body while hyper sends it.
+#[derive(Default)]
+pub struct BodyState {
+    /// The body passed `limits.max_body_bytes`.
+    tripped: std::sync::atomic::AtomicBool,
+    /// Pieces hyper has taken (and the end): while this moves, the upstream is reading.
+    moved: std::sync::atomic::AtomicU64,
 }
 
 impl CappedBody {
-    pub fn new(inner: Incoming, limit: u64, tripped: Arc<std::sync::atomic::AtomicBool>) -> Self {
-        CappedBody { inner, left: limit, tripped }
+    pub fn new(inner: Incoming, limit: u64, state: Arc<BodyState>) -> Self {
+        CappedBody { inner, left: limit, state }
     }
 }
 
@@ -71,14 +80,18 @@ impl http_body::Body for CappedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let n = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if n > this.left {
-                    this.tripped.store(true, std::sync::atomic::Ordering::Relaxed);
+                    this.state.tripped.store(true, std::sync::atomic::Ordering::Relaxed);
                     return Poll::Ready(Some(Err(Box::new(TooLarge))));
                 }
                 this.left -= n;
+                this.state.moved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.state.moved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -322,8 +335,8 @@ impl ProxyRoute {
             return bad_gateway(StatusCode::BAD_REQUEST, "the request target cannot be forwarded\n");
         };
         // Only a request with a body can grow past the limit, and only it needs the flag.
-        let too_large = has_body.then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
-        let mut body = too_large.as_ref().map(|flag| CappedBody::new(body, cx.max_body, flag.clone()));
+        let body_state = has_body.then(|| Arc::new(BodyState::default()));
+        let mut body = body_state.as_ref().map(|state| CappedBody::new(body, cx.max_body, state.clone()));
         let settings = &self.upstream.settings;
         // A request without a body and not asking for an upgrade goes by the lean client, on
         // this task (`h1`); the others by hyper's.
@@ -398,7 +411,7 @@ impl ProxyRoute {
                         } else {
                             *up.version_mut() = http::Version::HTTP_11;
                         }
-                        Box::pin(send(client, up, settings.response_timeout.0)).await
+                        Box::pin(send(client, up, settings.response_timeout.0, body_state.as_deref())).await
                     }
                 };
                 match sent {
@@ -415,7 +428,9 @@ impl ProxyRoute {
                         self.upstream.report(server, false);
                         return bad_gateway(StatusCode::GATEWAY_TIMEOUT, "gateway timeout: the upstream server did not answer in time\n");
                     }
-                    Err(SendError::Failed(_)) if too_large.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) => {
+                    Err(SendError::Failed(_))
+                        if body_state.as_ref().is_some_and(|s| s.tripped.load(std::sync::atomic::Ordering::Relaxed)) =>
+                    {
                         let mut r = simple_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
                         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                         return r;
@@ -556,8 +571,11 @@ enum SendError {
 }
 
 /// Sends a request; for HTTP/1.1 the sender comes back with the response, to be pooled once
-/// the body is read.
-async fn send(client: Client, req: Request<UpBody>, timeout: std::time::Duration) -> Result<Answer, SendError> {
+/// the body is read. The response head must come within `timeout`, counted from when the
+/// request body (`body`, when it has one) last moved: an upload slower than the timeout is not
+/// cut while the upstream keeps reading it (as nginx's `proxy_send_timeout` counts between
+/// writes); once the body has ended or stalled, the head comes within one to two timeouts.
+async fn send(client: Client, req: Request<UpBody>, timeout: std::time::Duration, body: Option<&BodyState>) -> Result<Answer, SendError> {
     let failed = |e: hyper::Error| SendError::Failed(Box::new(e));
     let fut = async move {
         match client {
@@ -573,7 +591,16 @@ async fn send(client: Client, req: Request<UpBody>, timeout: std::time::Duration
             }
         }
     };
-    tokio::time::timeout(timeout, fut).await.unwrap_or(Err(SendError::Timeout))
+    tokio::pin!(fut);
+    let moved = || body.map_or(0, |b| b.moved.load(std::sync::atomic::Ordering::Relaxed));
+    let mut seen = moved();
+    loop {
+        match tokio::time::timeout(timeout, &mut fut).await {
+            Ok(r) => return r,
+            Err(_) if moved() != seen => seen = moved(),
+            Err(_) => return Err(SendError::Timeout),
+        }
+    }
 }
 
 /// The upstream's response body on its way to the client; when it ends, its connection goes

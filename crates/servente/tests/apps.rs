@@ -971,6 +971,15 @@ fn failing_upstreams_and_hostile_clients() {
     let took = t.elapsed();
     assert_eq!((r.status, r.exit, r.body.as_slice()), (200, 18, &b"0123456789"[..]), "POST: {r:?}");
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "POST cut after {took:?}");
+    // An upload slower than response_timeout is not cut while the upstream takes it: the
+    // timeout counts from the body's last piece (it gave 504 after 1 s before).
+    let slow_body = "x".repeat(60_000);
+    let t = Instant::now();
+    let r = curl(&["--max-time", "30", "--limit-rate", "20k", "-H", "Expect:", "--data-binary", &slow_body, &format!("{base}/good/echo")]);
+    let took = t.elapsed();
+    assert_eq!(r.status, 200, "slow upload: {r:?} after {took:?}");
+    assert!(r.text().contains("60000"), "the echo saw the whole body: {}", r.text());
+    assert!(took >= Duration::from_secs(2), "the upload was not slow ({took:?}): the check proves nothing");
 
     // A response cut short: the client sees a broken transfer (curl: 18), and servente goes on.
     let r = curl(&[&format!("{base}/trunc/x")]);
