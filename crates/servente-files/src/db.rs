@@ -29,7 +29,31 @@ CREATE TABLE IF NOT EXISTS shares(
     password_hash TEXT
 );
 CREATE INDEX IF NOT EXISTS shares_by_owner ON shares(owner);
+CREATE TABLE IF NOT EXISTS locks(
+    token TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    principal TEXT,
+    owner TEXT,
+    timeout_at INTEGER,
+    timeout INTEGER,
+    shared INTEGER NOT NULL,
+    deep INTEGER NOT NULL
+);
 ";
+
+/// A WebDAV lock as stored (see [`crate::locks`]): path as a URL path, owner as XML, times in
+/// seconds (the expiry since the Unix epoch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredLock {
+    pub token: String,
+    pub path: String,
+    pub principal: Option<String>,
+    pub owner: Option<String>,
+    pub timeout_at: Option<i64>,
+    pub timeout: Option<i64>,
+    pub shared: bool,
+    pub deep: bool,
+}
 
 /// A share link as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +158,45 @@ impl Db {
             .map_err(err)?;
         }
         tx.commit().map_err(err)
+    }
+
+    pub fn save_lock(&self, l: &StoredLock) -> DbResult<()> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO locks(token, path, principal, owner, timeout_at, timeout, shared, deep) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![l.token, l.path, l.principal, l.owner, l.timeout_at, l.timeout, l.shared, l.deep],
+            )
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    pub fn remove_locks(&self, tokens: &[String]) -> DbResult<()> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(err)?;
+        for t in tokens {
+            tx.execute("DELETE FROM locks WHERE token = ?1", [t]).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    pub fn locks(&self) -> DbResult<Vec<StoredLock>> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT token, path, principal, owner, timeout_at, timeout, shared, deep FROM locks").map_err(err)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(StoredLock {
+                    token: r.get(0)?,
+                    path: r.get(1)?,
+                    principal: r.get(2)?,
+                    owner: r.get(3)?,
+                    timeout_at: r.get(4)?,
+                    timeout: r.get(5)?,
+                    shared: r.get(6)?,
+                    deep: r.get(7)?,
+                })
+            })
+            .map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
     }
 
     /// Forgets the properties of `path` and everything under it.

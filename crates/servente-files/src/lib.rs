@@ -83,6 +83,7 @@ impl FilesRole {
         };
         std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create the data folder {}: {e}", data_dir.display()))?;
         let st = Arc::new(Storage::open(&f.root_path, &data_dir.join("files.db"), settings)?);
+        locks::shared().attach(st.clone());
         let fs = ServenteFs::new(st.clone());
         let mut dav = HashMap::new();
         for m in mounts {

@@ -1,60 +1,213 @@
-//! WebDAV locks: dav-server's in-memory lock system, plus a record of which paths have ever
-//! been locked and may still be, so that the fast PROPFIND path ([`crate::propfind`]) knows
-//! when it can skip lock discovery (almost always) and when dav-server must answer.
+//! WebDAV locks: servente's lock system, kept in memory for every check and written through
+//! to the file role's store (`files.db`), so that a restart keeps the locks clients hold (a
+//! client that still holds a token, as Office or Finder do for hours, would otherwise get 412
+//! on its next conditional write). Expired locks are dropped.
+//!
+//! The rules are those of dav-server's in-memory `MemLs` (which passes litmus): a lock covers
+//! its own path, and everything under it when deep; exclusive locks conflict with any other,
+//! shared ones only with exclusive ones; a request holds a lock when it submits its token and
+//! is its principal. Written here because `MemLs` cannot take back a lock with a given token.
+//! Locks are few, so they are kept in a flat list.
+//!
+//! It also answers whether a path may be locked at all, so that the fast PROPFIND path
+//! ([`crate::propfind`]) knows when it can skip lock discovery (almost always) and when
+//! dav-server must answer.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use dav_server::davpath::DavPath;
 use dav_server::ls::{DavLock, DavLockSystem, LsFuture};
-use dav_server::memls::MemLs;
 use futures_util::FutureExt;
 use xmltree::Element;
 
+use crate::fs::Storage;
+
 #[derive(Debug, Clone)]
 pub struct Locks {
-    inner: Box<MemLs>,
-    /// Paths (decoded, relative, no trailing slash) that may hold a lock. Expired locks stay
-    /// listed until unlocked or deleted: the record errs on the side of "maybe locked".
-    held: Arc<Mutex<HashSet<Vec<u8>>>>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    locks: Vec<DavLock>,
+    /// Where locks are written through; set by the files role ([`Locks::attach`]).
+    store: Option<Arc<Storage>>,
+    /// The stored locks were read (once per process).
+    loaded: bool,
 }
 
 /// Locks live as long as the process, across config reloads (clients keep their tokens).
 pub fn shared() -> Locks {
     static LOCKS: OnceLock<Locks> = OnceLock::new();
-    LOCKS.get_or_init(|| Locks { inner: MemLs::new(), held: Default::default() }).clone()
+    LOCKS.get_or_init(|| Locks { inner: Default::default() }).clone()
 }
 
-fn key(p: &DavPath) -> Vec<u8> {
-    crate::fs::key(p)
+/// The non-empty segments of a path: `/a/b/` and `/a/b` are the same resource.
+fn segs(p: &DavPath) -> Vec<&[u8]> {
+    p.as_bytes().split(|&c| c == b'/').filter(|s| !s.is_empty()).collect()
+}
+
+/// `a` is `b` or one of its ancestors.
+fn covers(a: &[&[u8]], b: &[&[u8]]) -> bool {
+    a.len() <= b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+fn holds(l: &DavLock, principal: Option<&str>, ignore_principal: bool, tokens: &[String]) -> bool {
+    tokens.contains(&l.token) && (ignore_principal || principal == l.principal.as_deref())
+}
+
+impl Inner {
+    /// Drops expired locks (and their stored copies).
+    fn expire(&mut self) {
+        let now = SystemTime::now();
+        let gone: Vec<String> = self.locks.iter().filter(|l| l.timeout_at.is_some_and(|t| t <= now)).map(|l| l.token.clone()).collect();
+        if !gone.is_empty() {
+            self.locks.retain(|l| !gone.contains(&l.token));
+            self.unstore(&gone);
+        }
+    }
+
+    /// Locks on `path` and its ancestors, from the root down.
+    fn along(&self, path: &DavPath) -> Vec<&DavLock> {
+        let p = segs(path);
+        let mut v: Vec<&DavLock> = self.locks.iter().filter(|l| covers(&segs(&l.path), &p)).collect();
+        v.sort_by_key(|l| segs(&l.path).len());
+        v
+    }
+
+    /// A conflicting lock on `path` or an ancestor that covers it (`MemLs`'s
+    /// `check_locks_to_path`).
+    fn check_up(&self, path: &DavPath, principal: Option<&str>, ignore: bool, tokens: &[String], shared_ok: bool) -> Result<(), DavLock> {
+        let depth = segs(path).len();
+        let mut held = false;
+        let mut first_shared: Option<&DavLock> = None;
+        for l in self.along(path) {
+            if segs(&l.path).len() < depth && !l.deep {
+                continue;
+            }
+            if holds(l, principal, ignore, tokens) {
+                held = true;
+            } else if !l.shared {
+                return Err(l.clone());
+            } else if !shared_ok {
+                first_shared.get_or_insert(l);
+            }
+        }
+        match first_shared {
+            Some(l) if !held => Err(l.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A conflicting lock on `path` or below it (`check_locks_from_path`).
+    fn check_down(&self, path: &DavPath, principal: Option<&str>, ignore: bool, tokens: &[String], shared_ok: bool) -> Result<(), DavLock> {
+        let p = segs(path);
+        match self.locks.iter().find(|l| covers(&p, &segs(&l.path)) && (!l.shared || !shared_ok) && !holds(l, principal, ignore, tokens)) {
+            Some(l) => Err(l.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// The lock with `token` on `path` or an ancestor.
+    fn find(&mut self, path: &DavPath, token: &str) -> Option<&mut DavLock> {
+        let p = segs(path);
+        self.locks.iter_mut().find(|l| l.token == token && covers(&segs(&l.path), &p))
+    }
+
+    fn store(&self, l: &DavLock) {
+        if let Some(st) = &self.store
+            && let Err(e) = st.db.save_lock(&stored(l))
+        {
+            tracing::warn!(path = %l.path, error = %e, "could not store a WebDAV lock: it lasts until a restart");
+        }
+    }
+
+    fn unstore(&self, tokens: &[String]) {
+        if let Some(st) = &self.store
+            && let Err(e) = st.db.remove_locks(tokens)
+        {
+            tracing::warn!(error = %e, "could not remove WebDAV locks from the store");
+        }
+    }
+}
+
+/// A lock as the store keeps it.
+fn stored(l: &DavLock) -> crate::db::StoredLock {
+    let owner = l.owner.as_ref().and_then(|o| {
+        let mut out = Vec::new();
+        o.write_with_config(&mut out, xmltree::EmitterConfig::new().perform_indent(false).write_document_declaration(false)).ok()?;
+        String::from_utf8(out).ok()
+    });
+    let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    crate::db::StoredLock {
+        token: l.token.clone(),
+        path: l.path.as_url_string(),
+        principal: l.principal.clone(),
+        owner,
+        timeout_at: l.timeout_at.map(secs),
+        timeout: l.timeout.map(|d| d.as_secs() as i64),
+        shared: l.shared,
+        deep: l.deep,
+    }
+}
+
+/// A stored lock back, or `None` if its path or owner no longer parse.
+fn restored(s: crate::db::StoredLock) -> Option<DavLock> {
+    let owner = match &s.owner {
+        Some(xml) => Some(Box::new(Element::parse(xml.as_bytes()).ok()?)),
+        None => None,
+    };
+    Some(DavLock {
+        token: s.token,
+        path: Box::new(DavPath::new(&s.path).ok()?),
+        principal: s.principal,
+        owner,
+        timeout_at: s.timeout_at.map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)),
+        timeout: s.timeout.map(|t| Duration::from_secs(t.max(0) as u64)),
+        shared: s.shared,
+        deep: s.deep,
+    })
 }
 
 impl Locks {
-    /// Whether a lock may cover `path` or anything under it.
-    pub fn maybe_locked(&self, path: &DavPath) -> bool {
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if held.is_empty() {
-            return false;
-        }
-        let k = key(path);
-        held.iter().any(|h| related(h, &k))
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn forget_if_free(&self, path: &DavPath) -> impl Future<Output = ()> + Send + '_ {
-        let path = path.clone();
-        async move {
-            if self.inner.discover(&path).await.iter().all(|l| *l.path != path) {
-                self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&key(&path));
+    /// Writes locks through to `st`'s store from now on; the first time, takes back the
+    /// locks stored there by an earlier run.
+    pub fn attach(&self, st: Arc<Storage>) {
+        let mut inner = self.inner();
+        if !inner.loaded {
+            inner.loaded = true;
+            match st.db.locks() {
+                Ok(list) => {
+                    let n = list.len();
+                    inner.locks.extend(list.into_iter().filter_map(restored));
+                    if n > 0 {
+                        tracing::info!(locks = inner.locks.len(), "WebDAV locks taken back from the store");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not read the stored WebDAV locks"),
             }
         }
+        inner.store = Some(st);
+        inner.expire();
     }
-}
 
-/// One path is the other or lies under it.
-fn related(a: &[u8], b: &[u8]) -> bool {
-    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
-    long.starts_with(short) && (long.len() == short.len() || short.is_empty() || long[short.len()] == b'/')
+    /// Whether a lock may cover `path` or anything under it.
+    pub fn maybe_locked(&self, path: &DavPath) -> bool {
+        let inner = self.inner();
+        if inner.locks.is_empty() {
+            return false;
+        }
+        let p = segs(path);
+        inner.locks.iter().any(|l| {
+            let q = segs(&l.path);
+            covers(&q, &p) || covers(&p, &q)
+        })
+    }
 }
 
 impl DavLockSystem for Locks {
@@ -67,24 +220,57 @@ impl DavLockSystem for Locks {
         shared: bool,
         deep: bool,
     ) -> LsFuture<'_, Result<DavLock, DavLock>> {
-        // Recorded before the lock exists, so no PROPFIND can miss it.
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(key(path));
-        self.inner.lock(path, principal, owner, timeout, shared, deep)
+        let mut inner = self.inner();
+        inner.expire();
+        let r = inner
+            .check_up(path, None, true, &[], shared)
+            .and_then(|()| if deep { inner.check_down(path, None, true, &[], shared) } else { Ok(()) });
+        let r = r.map(|()| {
+            let lock = DavLock {
+                token: new_token(),
+                path: Box::new(path.clone()),
+                principal: principal.map(str::to_string),
+                owner: owner.map(|o| Box::new(o.clone())),
+                timeout_at: timeout.map(|d| SystemTime::now() + d),
+                timeout,
+                shared,
+                deep,
+            };
+            inner.store(&lock);
+            inner.locks.push(lock.clone());
+            lock
+        });
+        std::future::ready(r).boxed()
     }
 
     fn unlock(&self, path: &DavPath, token: &str) -> LsFuture<'_, Result<(), ()>> {
-        let path = path.clone();
-        let token = token.to_string();
-        async move {
-            let r = self.inner.unlock(&path, &token).await;
-            self.forget_if_free(&path).await;
-            r
-        }
-        .boxed()
+        let mut inner = self.inner();
+        inner.expire();
+        let r = match inner.find(path, token) {
+            Some(_) => {
+                inner.locks.retain(|l| l.token != token);
+                inner.unstore(&[token.to_string()]);
+                Ok(())
+            }
+            None => Err(()),
+        };
+        std::future::ready(r).boxed()
     }
 
     fn refresh(&self, path: &DavPath, token: &str, timeout: Option<Duration>) -> LsFuture<'_, Result<DavLock, ()>> {
-        self.inner.refresh(path, token, timeout)
+        let mut inner = self.inner();
+        inner.expire();
+        let r = match inner.find(path, token) {
+            Some(l) => {
+                l.timeout = timeout;
+                l.timeout_at = timeout.map(|d| SystemTime::now() + d);
+                let l = l.clone();
+                inner.store(&l);
+                Ok(l)
+            }
+            None => Err(()),
+        };
+        std::future::ready(r).boxed()
     }
 
     fn check(
@@ -95,51 +281,83 @@ impl DavLockSystem for Locks {
         deep: bool,
         submitted_tokens: &[String],
     ) -> LsFuture<'_, Result<(), DavLock>> {
-        self.inner.check(path, principal, ignore_principal, deep, submitted_tokens)
+        let mut inner = self.inner();
+        inner.expire();
+        let r = inner
+            .check_up(path, principal, ignore_principal, submitted_tokens, false)
+            .and_then(|()| if deep { inner.check_down(path, principal, ignore_principal, submitted_tokens, false) } else { Ok(()) });
+        std::future::ready(r).boxed()
     }
 
     fn discover(&self, path: &DavPath) -> LsFuture<'_, Vec<DavLock>> {
-        self.inner.discover(path)
+        let mut inner = self.inner();
+        inner.expire();
+        let r = inner.along(path).into_iter().cloned().collect();
+        std::future::ready(r).boxed()
     }
 
     fn delete(&self, path: &DavPath) -> LsFuture<'_, Result<(), ()>> {
-        let k = key(path);
-        let path = path.clone();
-        async move {
-            let r = self.inner.delete(&path).await;
-            self.held
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|h| !(h.starts_with(&k) && (h.len() == k.len() || h[k.len()] == b'/')));
-            r
+        let mut inner = self.inner();
+        let p = segs(path);
+        let gone: Vec<String> = inner.locks.iter().filter(|l| covers(&p, &segs(&l.path))).map(|l| l.token.clone()).collect();
+        if !gone.is_empty() {
+            inner.locks.retain(|l| !gone.contains(&l.token));
+            inner.unstore(&gone);
         }
-        .boxed()
+        std::future::ready(Ok(())).boxed()
     }
+}
+
+/// A lock token: a random (version 4) UUID as a URN, as RFC 4918 suggests.
+fn new_token() -> String {
+    let mut b: [u8; 16] = servente_auth::secret::random_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("urn:uuid:{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn related_paths_are_ancestors_or_descendants() {
-        assert!(related(b"users/a", b"users/a/x"));
-        assert!(related(b"users/a/x", b"users/a"));
-        assert!(related(b"users/a", b"users/a"));
-        assert!(!related(b"users/a", b"users/ab"));
-        assert!(related(b"", b"users"));
+    fn p(s: &str) -> DavPath {
+        DavPath::new(s).expect("path")
     }
 
     #[tokio::test]
-    async fn the_record_follows_locks() {
-        let l = Locks { inner: MemLs::new(), held: Default::default() };
-        let p = DavPath::new("/users/a/f").expect("path");
-        let dir = DavPath::new("/users/a/").expect("path");
+    async fn locks_follow_the_memls_rules() {
+        let l = Locks { inner: Default::default() };
+        let (dir, f) = (p("/users/a/"), p("/users/a/f"));
         assert!(!l.maybe_locked(&dir));
-        let lock = l.lock(&p, Some("a"), None, None, false, false).await.expect("lock");
-        assert!(l.maybe_locked(&dir) && l.maybe_locked(&p));
-        assert!(!l.maybe_locked(&DavPath::new("/users/b/").expect("path")));
-        l.unlock(&p, &lock.token).await.expect("unlock");
+        let lock = l.lock(&f, Some("a"), None, None, false, false).await.expect("lock");
+        assert!(lock.token.starts_with("urn:uuid:") && lock.token.len() == 45, "{}", lock.token);
+        assert!(l.maybe_locked(&dir) && l.maybe_locked(&f) && !l.maybe_locked(&p("/users/b/")));
+        // Exclusive: another lock, or a write without the token, conflicts; the holder passes.
+        assert!(l.lock(&f, Some("b"), None, None, true, false).await.is_err());
+        assert!(l.check(&f, Some("b"), false, false, &[]).await.is_err());
+        assert!(l.check(&f, Some("a"), false, false, std::slice::from_ref(&lock.token)).await.is_ok());
+        assert!(l.check(&f, Some("b"), false, false, std::slice::from_ref(&lock.token)).await.is_err(), "another principal");
+        // A deep change of the folder sees the lock below; a shallow one does not.
+        assert!(l.check(&dir, Some("b"), false, true, &[]).await.is_err());
+        assert!(l.check(&dir, Some("b"), false, false, &[]).await.is_ok());
+        assert_eq!(l.discover(&f).await.len(), 1);
+        assert!(l.unlock(&f, "urn:uuid:other").await.is_err());
+        l.unlock(&f, &lock.token).await.expect("unlock");
         assert!(!l.maybe_locked(&dir));
+        // Shared locks coexist; a deep folder lock covers new members.
+        let s1 = l.lock(&f, Some("a"), None, None, true, false).await.expect("shared");
+        l.lock(&f, Some("b"), None, None, true, false).await.expect("second shared");
+        assert!(l.lock(&f, Some("c"), None, None, false, false).await.is_err(), "exclusive over shared");
+        assert!(l.lock(&dir, Some("c"), None, None, false, true).await.is_err(), "deep over a locked member");
+        l.delete(&dir).await.expect("delete");
+        assert!(l.discover(&f).await.is_empty() && l.refresh(&f, &s1.token, None).await.is_err());
+        let d = l.lock(&dir, Some("a"), None, None, false, true).await.expect("deep");
+        assert!(l.check(&p("/users/a/new"), Some("b"), false, false, &[]).await.is_err());
+        assert!(l.check(&p("/users/a/new"), Some("a"), false, false, std::slice::from_ref(&d.token)).await.is_ok());
+        // An expired lock is gone.
+        let r = l.refresh(&p("/users/a/new"), &d.token, Some(Duration::ZERO)).await.expect("refresh");
+        assert_eq!(r.timeout, Some(Duration::ZERO));
+        assert!(l.check(&p("/users/a/new"), Some("b"), false, false, &[]).await.is_ok());
     }
 }

@@ -1563,6 +1563,47 @@ fn locks_keep_other_users_out() {
     expect(&r, 201, "alice's PUT into her locked folder");
 }
 
+/// Locks survive a restart: clients (Office, Finder, davfs2) hold their tokens for hours, and
+/// a restarted server must still honour them, for the holder and against everyone else. A lock
+/// that expired meanwhile is gone.
+#[test]
+fn locks_survive_a_restart() {
+    let keep = tempfile::Builder::new().prefix("servente-files-data-").tempdir().expect("data folder");
+    let data = keep.path().canonicalize().expect("canonical").join("data");
+    add_users(&data);
+    let data_dir = data.display().to_string();
+    let dav = Dav::start_on(Fixture::new(), data.clone(), &data_dir, FOLDERS);
+    dav.put_ok(ALICE, "/groups/staff/doc.txt", b"draft\n");
+    dav.mkcol_ok(ALICE, "/groups/staff/d/");
+    let token = dav.lock(ALICE, "/groups/staff/doc.txt");
+    let folder = dav.lock(ALICE, "/groups/staff/d/");
+    let r = dav.call(
+        ALICE,
+        "LOCK",
+        "/groups/staff/short.txt",
+        &["-H", "Timeout: Second-1", "-H", "Content-Type: application/xml", "--data-binary", LOCK_BODY],
+    );
+    expect(&r, 201, "a short lock");
+    drop(dav);
+
+    let dav = Dav::start_on(Fixture::new(), data, &data_dir, FOLDERS);
+    expect(&dav.put(CAROL, "/groups/staff/doc.txt", b"carol's"), 423, "carol's PUT after the restart");
+    expect(&dav.put(CAROL, "/groups/staff/d/new.txt", b"x"), 423, "carol's PUT into the locked folder");
+    let r = dav.propfind(CAROL, "/groups/staff/doc.txt", "0", None);
+    assert!(r.text().contains(&token), "lockdiscovery shows the lock: {}", r.text());
+    let r = dav.put_with(ALICE, "/groups/staff/doc.txt", b"final\n", &["-H", &format!("If: (<{token}>)")]);
+    expect(&r, 204, "alice's PUT with her token after the restart");
+    let r = dav.call(ALICE, "UNLOCK", "/groups/staff/doc.txt", &["-H", &format!("Lock-Token: <{token}>")]);
+    expect(&r, 204, "UNLOCK after the restart");
+    dav.put_ok(CAROL, "/groups/staff/doc.txt", b"carol's turn\n");
+    let r = dav.call(ALICE, "UNLOCK", "/groups/staff/d/", &["-H", &format!("Lock-Token: <{folder}>")]);
+    expect(&r, 204, "UNLOCK of the folder");
+    // The one-second lock expired while the server was down (or just after).
+    std::thread::sleep(Duration::from_millis(1100));
+    dav.put_ok(CAROL, "/groups/staff/short.txt", b"no lock left\n");
+    drop(keep);
+}
+
 /// Was a bug, fixed: a LOCK of a URL where nothing exists answered 201 but created nothing, so
 /// the next HEAD said 404 (davfs2 locks every file it creates this way). RFC 4918 section
 /// 9.10.4 wants an empty file there, locked; a PUT with the token then fills it.
