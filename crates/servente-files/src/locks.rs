@@ -35,6 +35,52 @@ struct Inner {
     store: Option<Arc<Storage>>,
     /// The stored locks were read (once per process).
     loaded: bool,
+    /// Changes for the store, written on the blocking pool before the request is answered.
+    pending: Vec<Write>,
+}
+
+#[derive(Debug)]
+enum Write {
+    Save(crate::db::StoredLock),
+    Remove(Vec<String>),
+}
+
+struct Job {
+    st: Arc<Storage>,
+    pending: Vec<Write>,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The lock writer thread's queue, started on first use.
+fn writer() -> &'static std::sync::mpsc::Sender<Job> {
+    static WRITER: OnceLock<std::sync::mpsc::Sender<Job>> = OnceLock::new();
+    WRITER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new().name("servente-locks".into()).spawn(move || {
+            for job in rx {
+                apply(&job.st, job.pending);
+                let _ = job.done.send(());
+            }
+        });
+        if let Err(e) = spawned {
+            // The sender then fails at once and the caller writes itself.
+            tracing::warn!(error = %e, "cannot start the WebDAV lock writer");
+        }
+        tx
+    })
+}
+
+/// Writes `pending` to `st`'s store (on the caller's thread: call it where blocking is fine).
+fn apply(st: &Storage, pending: Vec<Write>) {
+    for w in pending {
+        let r = match &w {
+            Write::Save(l) => st.db.save_lock(l),
+            Write::Remove(tokens) => st.db.remove_locks(tokens),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not write a WebDAV lock change to the store: it lasts until a restart");
+        }
+    }
 }
 
 /// Locks live as long as the process, across config reloads (clients keep their tokens).
@@ -115,19 +161,15 @@ impl Inner {
         self.locks.iter_mut().find(|l| l.token == token && covers(&segs(&l.path), &p))
     }
 
-    fn store(&self, l: &DavLock) {
-        if let Some(st) = &self.store
-            && let Err(e) = st.db.save_lock(&stored(l))
-        {
-            tracing::warn!(path = %l.path, error = %e, "could not store a WebDAV lock: it lasts until a restart");
+    fn store(&mut self, l: &DavLock) {
+        if self.store.is_some() {
+            self.pending.push(Write::Save(stored(l)));
         }
     }
 
-    fn unstore(&self, tokens: &[String]) {
-        if let Some(st) = &self.store
-            && let Err(e) = st.db.remove_locks(tokens)
-        {
-            tracing::warn!(error = %e, "could not remove WebDAV locks from the store");
+    fn unstore(&mut self, tokens: &[String]) {
+        if self.store.is_some() {
+            self.pending.push(Write::Remove(tokens.to_vec()));
         }
     }
 }
@@ -175,6 +217,27 @@ impl Locks {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Answers `r` once the store has the changes made for it. They go to one writer thread
+    /// (the store fsyncs, which must not stall this thread), handed over while the memory lock
+    /// is held, so the store sees every change in the order memory did.
+    fn answer<T: Send + 'static>(&self, mut inner: MutexGuard<'_, Inner>, r: T) -> LsFuture<'_, T> {
+        let pending = std::mem::take(&mut inner.pending);
+        let Some(st) = inner.store.clone().filter(|_| !pending.is_empty()) else {
+            return std::future::ready(r).boxed();
+        };
+        let (done, written) = tokio::sync::oneshot::channel();
+        if let Err(std::sync::mpsc::SendError(job)) = writer().send(Job { st, pending, done }) {
+            apply(&job.st, job.pending);
+            return std::future::ready(r).boxed();
+        }
+        drop(inner);
+        async move {
+            let _ = written.await;
+            r
+        }
+        .boxed()
+    }
+
     /// Writes locks through to `st`'s store from now on; the first time, takes back the
     /// locks stored there by an earlier run.
     pub fn attach(&self, st: Arc<Storage>) {
@@ -192,8 +255,11 @@ impl Locks {
                 Err(e) => tracing::warn!(error = %e, "could not read the stored WebDAV locks"),
             }
         }
-        inner.store = Some(st);
+        inner.store = Some(st.clone());
         inner.expire();
+        let pending = std::mem::take(&mut inner.pending);
+        drop(inner);
+        apply(&st, pending);
     }
 
     /// Whether a lock may cover `path` or anything under it.
@@ -240,7 +306,7 @@ impl DavLockSystem for Locks {
             inner.locks.push(lock.clone());
             lock
         });
-        std::future::ready(r).boxed()
+        self.answer(inner, r)
     }
 
     fn unlock(&self, path: &DavPath, token: &str) -> LsFuture<'_, Result<(), ()>> {
@@ -254,7 +320,7 @@ impl DavLockSystem for Locks {
             }
             None => Err(()),
         };
-        std::future::ready(r).boxed()
+        self.answer(inner, r)
     }
 
     fn refresh(&self, path: &DavPath, token: &str, timeout: Option<Duration>) -> LsFuture<'_, Result<DavLock, ()>> {
@@ -270,7 +336,7 @@ impl DavLockSystem for Locks {
             }
             None => Err(()),
         };
-        std::future::ready(r).boxed()
+        self.answer(inner, r)
     }
 
     fn check(
@@ -286,14 +352,14 @@ impl DavLockSystem for Locks {
         let r = inner
             .check_up(path, principal, ignore_principal, submitted_tokens, false)
             .and_then(|()| if deep { inner.check_down(path, principal, ignore_principal, submitted_tokens, false) } else { Ok(()) });
-        std::future::ready(r).boxed()
+        self.answer(inner, r)
     }
 
     fn discover(&self, path: &DavPath) -> LsFuture<'_, Vec<DavLock>> {
         let mut inner = self.inner();
         inner.expire();
         let r = inner.along(path).into_iter().cloned().collect();
-        std::future::ready(r).boxed()
+        self.answer(inner, r)
     }
 
     fn delete(&self, path: &DavPath) -> LsFuture<'_, Result<(), ()>> {
@@ -304,7 +370,7 @@ impl DavLockSystem for Locks {
             inner.locks.retain(|l| !gone.contains(&l.token));
             inner.unstore(&gone);
         }
-        std::future::ready(Ok(())).boxed()
+        self.answer(inner, Ok(()))
     }
 }
 
