@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS shares(
 CREATE INDEX IF NOT EXISTS shares_by_owner ON shares(owner);
 CREATE TABLE IF NOT EXISTS locks(
     token TEXT PRIMARY KEY,
+    prefix TEXT NOT NULL,
     path TEXT NOT NULL,
     principal TEXT,
     owner TEXT,
@@ -41,11 +42,12 @@ CREATE TABLE IF NOT EXISTS locks(
 );
 ";
 
-/// A WebDAV lock as stored (see [`crate::locks`]): path as a URL path, owner as XML, times in
-/// seconds (the expiry since the Unix epoch).
+/// A WebDAV lock as stored (see [`crate::locks`]): the mount's WebDAV prefix and the path
+/// under it as URL paths, owner as XML, times in seconds (the expiry since the Unix epoch).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredLock {
     pub token: String,
+    pub prefix: String,
     pub path: String,
     pub principal: Option<String>,
     pub owner: Option<String>,
@@ -160,11 +162,14 @@ impl Db {
         tx.commit().map_err(err)
     }
 
+    /// Stores a new lock, or a refreshed one in place (its row keeps its rank).
     pub fn save_lock(&self, l: &StoredLock) -> DbResult<()> {
         self.conn()
             .execute(
-                "INSERT OR REPLACE INTO locks(token, path, principal, owner, timeout_at, timeout, shared, deep) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![l.token, l.path, l.principal, l.owner, l.timeout_at, l.timeout, l.shared, l.deep],
+                "INSERT INTO locks(token, prefix, path, principal, owner, timeout_at, timeout, shared, deep)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(token) DO UPDATE SET timeout_at = excluded.timeout_at, timeout = excluded.timeout",
+                params![l.token, l.prefix, l.path, l.principal, l.owner, l.timeout_at, l.timeout, l.shared, l.deep],
             )
             .map(|_| ())
             .map_err(err)
@@ -179,20 +184,24 @@ impl Db {
         tx.commit().map_err(err)
     }
 
+    /// The stored locks, oldest first.
     pub fn locks(&self) -> DbResult<Vec<StoredLock>> {
         let c = self.conn();
-        let mut st = c.prepare("SELECT token, path, principal, owner, timeout_at, timeout, shared, deep FROM locks").map_err(err)?;
+        let mut st = c
+            .prepare("SELECT token, prefix, path, principal, owner, timeout_at, timeout, shared, deep FROM locks ORDER BY rowid")
+            .map_err(err)?;
         let rows = st
             .query_map([], |r| {
                 Ok(StoredLock {
                     token: r.get(0)?,
-                    path: r.get(1)?,
-                    principal: r.get(2)?,
-                    owner: r.get(3)?,
-                    timeout_at: r.get(4)?,
-                    timeout: r.get(5)?,
-                    shared: r.get(6)?,
-                    deep: r.get(7)?,
+                    prefix: r.get(1)?,
+                    path: r.get(2)?,
+                    principal: r.get(3)?,
+                    owner: r.get(4)?,
+                    timeout_at: r.get(5)?,
+                    timeout: r.get(6)?,
+                    shared: r.get(7)?,
+                    deep: r.get(8)?,
                 })
             })
             .map_err(err)?;

@@ -78,7 +78,7 @@ fn apply(st: &Storage, pending: Vec<Write>) {
             Write::Remove(tokens) => st.db.remove_locks(tokens),
         };
         if let Err(e) = r {
-            tracing::warn!(error = %e, "could not write a WebDAV lock change to the store: it lasts until a restart");
+            tracing::warn!(error = %e, "could not write a WebDAV lock change to the store: after a restart the store's older state comes back");
         }
     }
 }
@@ -177,6 +177,11 @@ impl Inner {
 /// A lock as the store keeps it.
 fn stored(l: &DavLock) -> crate::db::StoredLock {
     let owner = l.owner.as_ref().and_then(|o| {
+        // dav-server renames the owner element's prefix (to `D`) without declaring it, as
+        // clients that write `<lockinfo xmlns="DAV:">` send it (neon: cadaver, davfs2,
+        // LibreOffice): the stored copy declares every prefix it uses, or it cannot be read.
+        let mut o = (**o).clone();
+        declare_prefixes(&mut o);
         let mut out = Vec::new();
         o.write_with_config(&mut out, xmltree::EmitterConfig::new().perform_indent(false).write_document_declaration(false)).ok()?;
         String::from_utf8(out).ok()
@@ -184,6 +189,7 @@ fn stored(l: &DavLock) -> crate::db::StoredLock {
     let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     crate::db::StoredLock {
         token: l.token.clone(),
+        prefix: l.path.prefix().to_string(),
         path: l.path.as_url_string(),
         principal: l.principal.clone(),
         owner,
@@ -194,15 +200,32 @@ fn stored(l: &DavLock) -> crate::db::StoredLock {
     }
 }
 
-/// A stored lock back, or `None` if its path or owner no longer parse.
+/// Declares, on `e`, every namespace prefix that `e` or an element in it uses.
+fn declare_prefixes(e: &mut Element) {
+    fn walk(e: &Element, ns: &mut xmltree::Namespace) {
+        if let (Some(p), Some(uri)) = (&e.prefix, &e.namespace) {
+            ns.put(p.as_str(), uri.as_str());
+        }
+        for c in e.children.iter().filter_map(|c| c.as_element()) {
+            walk(c, ns);
+        }
+    }
+    let mut ns = e.namespaces.clone().unwrap_or_else(xmltree::Namespace::empty);
+    walk(e, &mut ns);
+    e.namespaces = Some(ns);
+}
+
+/// A stored lock back, or `None` if its path no longer parses. An owner that does not parse
+/// is left out: the lock itself matters more than who it says holds it.
 fn restored(s: crate::db::StoredLock) -> Option<DavLock> {
-    let owner = match &s.owner {
-        Some(xml) => Some(Box::new(Element::parse(xml.as_bytes()).ok()?)),
-        None => None,
-    };
+    let owner = s.owner.as_ref().and_then(|xml| Element::parse(xml.as_bytes()).ok()).map(Box::new);
+    let mut path = DavPath::new(&format!("{}{}", s.prefix, s.path)).ok()?;
+    if !s.prefix.is_empty() {
+        path.set_prefix(&s.prefix).ok()?;
+    }
     Some(DavLock {
         token: s.token,
-        path: Box::new(DavPath::new(&s.path).ok()?),
+        path: Box::new(path),
         principal: s.principal,
         owner,
         timeout_at: s.timeout_at.map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)),
@@ -238,28 +261,29 @@ impl Locks {
         .boxed()
     }
 
-    /// Writes locks through to `st`'s store from now on; the first time, takes back the
-    /// locks stored there by an earlier run.
+    /// Writes locks through to `st`'s store from now on, and takes back the locks stored
+    /// there by an earlier run. Only the first call of the process counts: later config builds
+    /// (reloads, validations, throwaway builds) keep the store the running server started
+    /// with, so locks are never split between two stores. If the stored locks cannot be read,
+    /// locks stay in memory only for this run (writing beside unread ones could bring back
+    /// conflicting locks at the next start).
     pub fn attach(&self, st: Arc<Storage>) {
         let mut inner = self.inner();
-        if !inner.loaded {
-            inner.loaded = true;
-            match st.db.locks() {
-                Ok(list) => {
-                    let n = list.len();
-                    inner.locks.extend(list.into_iter().filter_map(restored));
-                    if n > 0 {
-                        tracing::info!(locks = inner.locks.len(), "WebDAV locks taken back from the store");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "could not read the stored WebDAV locks"),
-            }
+        if inner.loaded {
+            return;
         }
-        inner.store = Some(st.clone());
-        inner.expire();
-        let pending = std::mem::take(&mut inner.pending);
-        drop(inner);
-        apply(&st, pending);
+        inner.loaded = true;
+        match st.db.locks() {
+            Ok(list) => {
+                let n = list.len();
+                inner.locks.extend(list.into_iter().filter_map(restored));
+                if n > 0 {
+                    tracing::info!(locks = inner.locks.len(), "WebDAV locks taken back from the store");
+                }
+                inner.store = Some(st);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the stored WebDAV locks: locks are kept in memory only until a restart"),
+        }
     }
 
     /// Whether a lock may cover `path` or anything under it.
@@ -389,6 +413,46 @@ mod tests {
 
     fn p(s: &str) -> DavPath {
         DavPath::new(s).expect("path")
+    }
+
+    #[test]
+    fn stored_locks_come_back_whole() {
+        // As dav-server hands over the owner of `<D:lockinfo xmlns:D="DAV:">` and of
+        // `<lockinfo xmlns="DAV:">` (prefix renamed to `D`, not declared).
+        let mut owner = Element::parse(&b"<D:owner xmlns:D=\"DAV:\"><D:href>mailto:a@x</D:href></D:owner>"[..]).expect("xml");
+        fn undeclare(e: &mut Element) {
+            e.namespaces = None;
+            for c in e.children.iter_mut().filter_map(|c| c.as_mut_element()) {
+                undeclare(c);
+            }
+        }
+        undeclare(&mut owner);
+        let mut path = DavPath::new("/files/dav/users/a/b%20c.txt").expect("path");
+        path.set_prefix("/files/dav").expect("prefix");
+        let lock = DavLock {
+            token: new_token(),
+            path: Box::new(path),
+            principal: Some("a".into()),
+            owner: Some(Box::new(owner)),
+            timeout_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
+            timeout: Some(Duration::from_secs(600)),
+            shared: false,
+            deep: true,
+        };
+        let back = restored(stored(&lock)).expect("restored");
+        assert_eq!(back.path.as_bytes(), lock.path.as_bytes());
+        assert_eq!(back.path.prefix(), "/files/dav");
+        let owner = back.owner.expect("the owner came back");
+        assert_eq!(owner.name, "owner");
+        assert!(format!("{owner:?}").contains("mailto:a@x"));
+        assert_eq!(
+            (back.token, back.timeout_at, back.timeout, back.shared, back.deep),
+            (lock.token.clone(), lock.timeout_at, lock.timeout, false, true)
+        );
+        // An owner that cannot be read leaves the lock without one, not the lock out.
+        let mut s = stored(&lock);
+        s.owner = Some("<D:owner>".into());
+        assert!(restored(s).expect("still a lock").owner.is_none());
     }
 
     #[tokio::test]

@@ -1584,13 +1584,24 @@ fn locks_survive_a_restart() {
         &["-H", "Timeout: Second-1", "-H", "Content-Type: application/xml", "--data-binary", LOCK_BODY],
     );
     expect(&r, 201, "a short lock");
+    // As neon-based clients (cadaver, davfs2, LibreOffice) write it: DAV: as the default
+    // namespace, so the owner element reaches the lock system with an undeclared prefix.
+    let neon_body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><lockinfo xmlns='DAV:'><lockscope><exclusive/></lockscope><locktype><write/></locktype><owner><href>alice's laptop</href></owner></lockinfo>";
+    dav.put_ok(ALICE, "/groups/staff/neon.txt", b"x");
+    let r = dav.call(ALICE, "LOCK", "/groups/staff/neon.txt", &["-H", "Content-Type: application/xml", "--data-binary", neon_body]);
+    expect(&r, 200, "a neon-style LOCK");
     drop(dav);
 
     let dav = Dav::start_on(Fixture::new(), data, &data_dir, FOLDERS);
     expect(&dav.put(CAROL, "/groups/staff/doc.txt", b"carol's"), 423, "carol's PUT after the restart");
     expect(&dav.put(CAROL, "/groups/staff/d/new.txt", b"x"), 423, "carol's PUT into the locked folder");
+    expect(&dav.put(CAROL, "/groups/staff/neon.txt", b"carol's"), 423, "carol's PUT on the neon-style lock");
     let r = dav.propfind(CAROL, "/groups/staff/doc.txt", "0", None);
     assert!(r.text().contains(&token), "lockdiscovery shows the lock: {}", r.text());
+    let root = between(&r.text(), "lockroot>", "lockroot>").unwrap_or_default();
+    assert!(root.contains("/files/dav/groups/staff/doc.txt"), "the lock root keeps its mount prefix: {}", r.text());
+    let r = dav.propfind(CAROL, "/groups/staff/neon.txt", "0", None);
+    assert!(r.text().contains("alice's laptop"), "the neon-style owner came back: {}", r.text());
     let r = dav.put_with(ALICE, "/groups/staff/doc.txt", b"final\n", &["-H", &format!("If: (<{token}>)")]);
     expect(&r, 204, "alice's PUT with her token after the restart");
     let r = dav.call(ALICE, "UNLOCK", "/groups/staff/doc.txt", &["-H", &format!("Lock-Token: <{token}>")]);
