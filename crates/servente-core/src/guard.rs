@@ -37,8 +37,8 @@ pub struct ConnState {
     in_flight: AtomicUsize,
     /// Bumped when a request is dispatched or finishes, so the guard sees that the phase moved.
     generation: AtomicU64,
-    /// The connection's reader, parked while a request was in flight: woken when the last
-    /// response finishes so that the idle clock starts.
+    /// The connection's reader, parked on its last read: woken when the last response
+    /// finishes so that the idle clock starts.
     parked_reader: AtomicWaker,
     /// The connection was handed over by a `101 Switching Protocols` (WebSocket and other
     /// upgrades): it is a tunnel now, whose bytes are not HTTP heads, so no limit here applies.
@@ -190,12 +190,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<I> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending if this.state.upgraded.load(Relaxed) => Poll::Pending,
             Poll::Pending => {
+                // Registered whatever the phase: a request that finishes must wake this reader
+                // so that the idle clock starts. hyper does not always read again after a
+                // response (seen when the last read before it came in the head phase): the
+                // only timer armed was then the head timeout's, and an idle connection stayed
+                // open 10 s instead of `idle_timeout`.
+                this.state.parked_reader.register(cx.waker());
+                // The response may have finished between the engine's report and the registration.
                 this.update_phase(false);
-                if this.phase == Phase::Busy {
-                    this.state.parked_reader.register(cx.waker());
-                    // The response may have finished between the check and the registration.
-                    this.update_phase(false);
-                }
                 let Some(deadline) = this.deadline_for_phase() else { return Poll::Pending };
                 if this.sleep.deadline() != deadline {
                     this.sleep.as_mut().reset(deadline);
