@@ -118,7 +118,7 @@ impl Inner {
     fn along(&self, path: &DavPath) -> Vec<&DavLock> {
         let p = segs(path);
         let mut v: Vec<&DavLock> = self.locks.iter().filter(|l| covers(&segs(&l.path), &p)).collect();
-        v.sort_by_key(|l| segs(&l.path).len());
+        v.sort_by_cached_key(|l| segs(&l.path).len());
         v
     }
 
@@ -153,6 +153,21 @@ impl Inner {
             Some(l) => Err(l.clone()),
             None => Ok(()),
         }
+    }
+
+    /// A lock that conflicts with `path`: on it or an ancestor covering it, and with `deep`
+    /// also below it.
+    fn conflict(
+        &self,
+        path: &DavPath,
+        principal: Option<&str>,
+        ignore: bool,
+        tokens: &[String],
+        shared_ok: bool,
+        deep: bool,
+    ) -> Result<(), DavLock> {
+        self.check_up(path, principal, ignore, tokens, shared_ok)?;
+        if deep { self.check_down(path, principal, ignore, tokens, shared_ok) } else { Ok(()) }
     }
 
     /// The lock with `token` on `path` or an ancestor.
@@ -312,9 +327,7 @@ impl DavLockSystem for Locks {
     ) -> LsFuture<'_, Result<DavLock, DavLock>> {
         let mut inner = self.inner();
         inner.expire();
-        let r = inner
-            .check_up(path, None, true, &[], shared)
-            .and_then(|()| if deep { inner.check_down(path, None, true, &[], shared) } else { Ok(()) });
+        let r = inner.conflict(path, None, true, &[], shared, deep);
         let r = r.map(|()| {
             let lock = DavLock {
                 token: new_token(),
@@ -373,9 +386,7 @@ impl DavLockSystem for Locks {
     ) -> LsFuture<'_, Result<(), DavLock>> {
         let mut inner = self.inner();
         inner.expire();
-        let r = inner
-            .check_up(path, principal, ignore_principal, submitted_tokens, false)
-            .and_then(|()| if deep { inner.check_down(path, principal, ignore_principal, submitted_tokens, false) } else { Ok(()) });
+        let r = inner.conflict(path, principal, ignore_principal, submitted_tokens, false, deep);
         self.answer(inner, r)
     }
 
