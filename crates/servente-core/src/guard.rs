@@ -199,11 +199,20 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<I> {
                 // The response may have finished between the engine's report and the registration.
                 this.update_phase(false);
                 let Some(deadline) = this.deadline_for_phase() else { return Poll::Pending };
-                if this.sleep.deadline() != deadline {
+                // A deadline that moved later leaves the timer where it is (re-arming it costs
+                // a timer-wheel update, and a kept-alive connection would pay one per request):
+                // the timer then fires early, once, and is set to the real deadline here.
+                if deadline < this.sleep.deadline() {
                     this.sleep.as_mut().reset(deadline);
                 }
-                if this.sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
+                loop {
+                    if this.sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    this.sleep.as_mut().reset(deadline);
                 }
                 if this.phase == Phase::ReadingHead {
                     if let Some(f) = &this.on_header_timeout {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,6 +97,9 @@ struct Shared<R> {
     engine: Arc<Engine>,
     open: AtomicUsize,
     shutdown: CancellationToken,
+    /// Set just before `shutdown` is cancelled: a connection checks this flag, not the token,
+    /// whose check takes a lock that every connection of the process shares.
+    stopping: AtomicBool,
     tracker: TaskTracker,
 }
 
@@ -167,6 +170,7 @@ impl<R: Router> Server<R> {
                 engine,
                 open: AtomicUsize::new(0),
                 shutdown: CancellationToken::new(),
+                stopping: AtomicBool::new(false),
                 tracker: TaskTracker::new(),
             }),
             running: Mutex::new(HashMap::new()),
@@ -250,6 +254,7 @@ impl<R: Router> Server<R> {
     /// Stops accepting, asks every connection to finish its request in flight, and waits up
     /// to `grace`. Returns whether everything finished in time.
     pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.shared.stopping.store(true, SeqCst);
         self.shared.shutdown.cancel();
         self.running.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.shared.tracker.close();
@@ -435,10 +440,17 @@ async fn serve_http<R, IO>(
     let shutdown = shared.shutdown.cancelled();
     tokio::pin!(shutdown);
     let mut draining = false;
+    // The shutdown future is polled once, which leaves this task's waker with the token, and
+    // after that only once the flag says the token is cancelled: polling it at every wake of a
+    // busy connection (a lock that all connections share, and a waker check) showed in profiles.
+    let mut watching = false;
     let result = std::future::poll_fn(|cx| {
-        if !draining && shutdown.as_mut().poll(cx).is_ready() {
-            draining = true;
-            conn.as_mut().graceful_shutdown();
+        if !draining && (!watching || shared.stopping.load(Relaxed)) {
+            watching = true;
+            if shutdown.as_mut().poll(cx).is_ready() {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
         }
         // HTTP/2 streams that finish at once run on this task (see `streams`).
         crate::streams::run(cx, |cx| conn.as_mut().poll(cx))
