@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
@@ -138,7 +138,8 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct Head {
     pub status: StatusCode,
-    /// The headers as the server sent them (hop-by-hop ones included; the proxy strips them).
+    /// The headers as the server sent them, without the hop-by-hop ones (those of the fixed
+    /// list and those its Connection header names).
     pub headers: HeaderMap,
     pub framing: Framing,
     /// Whether the connection may carry another request once the body is read.
@@ -419,49 +420,97 @@ pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> 
     list_items(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
+/// Hop-by-hop fields (RFC 9110 section 7.6.1): they describe the connection to the upstream
+/// and are not passed on.
+const HOP_BY_HOP: [&[u8]; 7] = [b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"];
+
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// The items of one line of a comma-separated list field, trimmed, empty ones skipped.
+fn items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+}
+
 impl PendingHead {
+    /// The head for the client: framing and reuse come from the raw fields, and the header
+    /// map gets every field but the hop-by-hop ones and those the Connection header names (so
+    /// the proxy has nothing to look up or remove afterwards).
     fn into_head(self, bytes: &Bytes) -> Result<Head, Error> {
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
-        for (name, value) in self.fields {
-            let name = HeaderName::from_bytes(&bytes[name]).map_err(|_| Error::Malformed("a header name is not valid".into()))?;
-            let value = HeaderValue::from_maybe_shared(bytes.slice(value))
-                .map_err(|_| Error::Malformed(format!("the value of {name} is not valid")))?;
-            headers.append(name, value);
+        let fields = || self.fields.iter().map(|(n, v)| (&bytes[n.clone()], &bytes[v.clone()]));
+        let (mut close, mut keep_alive, mut chunked, mut coded, mut has_length) = (false, false, false, false, false);
+        // Names the Connection header adds to the fixed list (most often it names none).
+        let mut listed: Vec<&[u8]> = Vec::new();
+        for (name, value) in fields() {
+            if name.eq_ignore_ascii_case(b"connection") {
+                for t in items(value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    } else if !is_hop_by_hop(t) {
+                        listed.push(t);
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                coded = true;
+                if let Some(last) = items(value).last() {
+                    chunked = last.eq_ignore_ascii_case(b"chunked");
+                }
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                has_length = true;
+            }
         }
-        let close = has_token(&headers, &header::CONNECTION, "close");
-        let mut reusable = !close && (!self.http10 || has_token(&headers, &header::CONNECTION, "keep-alive"));
+        let mut reusable = !close && (!self.http10 || keep_alive);
         let code = self.status.as_u16();
+        let mut drop_length = false;
         let framing = if self.head_request || code == 204 || code == 304 {
             Framing::Empty
-        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        } else if coded {
             // A length beside it is ignored (RFC 9112 section 6.3), and such a connection is
             // not trusted with another request; a coding list that does not end in chunked
             // runs until the close.
-            if headers.contains_key(header::CONTENT_LENGTH) || self.http10 {
+            if has_length || self.http10 {
                 reusable = false;
             }
-            headers.remove(header::CONTENT_LENGTH);
-            if list_items(&headers, &header::TRANSFER_ENCODING).last().is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            drop_length = true;
+            if chunked {
                 Framing::Chunked
             } else {
                 reusable = false;
                 Framing::UntilClose
             }
-        } else if headers.contains_key(header::CONTENT_LENGTH) {
-            Framing::Length(content_length(&headers)?)
+        } else if has_length {
+            Framing::Length(content_length(fields().filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length")).map(|(_, v)| v))?)
         } else {
             reusable = false;
             Framing::UntilClose
         };
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        for (name_at, value_at) in &self.fields {
+            let name = &bytes[name_at.clone()];
+            if is_hop_by_hop(name)
+                || (drop_length && name.eq_ignore_ascii_case(b"content-length"))
+                || listed.iter().any(|l| name.eq_ignore_ascii_case(l))
+            {
+                continue;
+            }
+            let name = HeaderName::from_bytes(name).map_err(|_| Error::Malformed("a header name is not valid".into()))?;
+            let value = HeaderValue::from_maybe_shared(bytes.slice(value_at.clone()))
+                .map_err(|_| Error::Malformed(format!("the value of {name} is not valid")))?;
+            headers.append(name, value);
+        }
         Ok(Head { status: self.status, headers, framing, reusable })
     }
 }
 
-/// The Content-Length: every value (and every item of a list) must be the same number.
-fn content_length(headers: &HeaderMap) -> Result<u64, Error> {
+/// The Content-Length from its lines: every value (and every item of a list) must be the same
+/// number.
+fn content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<u64, Error> {
     let mut found: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for item in v.as_bytes().split(|&b| b == b',') {
+    for v in values {
+        for item in v.split(|&b| b == b',') {
             let item = item.trim_ascii();
             let n = (!item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit))
                 .then(|| item.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
@@ -648,6 +697,24 @@ mod tests {
         assert!(h.reusable);
         let h = head("HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\nContent-Length: 7\r\n\r\n", false).expect("head");
         assert_eq!(h.framing, Framing::Length(7));
+        // A bad length does not matter where the length is not used.
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", true).expect("head");
+        assert_eq!(h.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn hop_by_hop_fields_stay_behind() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret, close\r\nKeep-Alive: timeout=5\r\nX-Secret: s\r\n\
+             Transfer-Encoding: chunked\r\nTrailer: X-T\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nTE: trailers\r\n\
+             X-Kept: k\r\nx-kept: l\r\nServer: s\r\n\r\n",
+            false,
+        )
+        .expect("head");
+        let names: Vec<&str> = h.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept", "server"]);
+        assert_eq!(h.headers.get_all("x-kept").iter().count(), 2);
+        assert_eq!((h.framing, h.reusable), (Framing::Chunked, false));
     }
 
     #[test]

@@ -234,8 +234,11 @@ impl ProxyRoute {
         let forwarding = [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &FORWARDED];
         // What an untrusted client says about earlier hops is not passed on.
         let previous = |h: &HeaderMap, name: &HeaderName| -> Option<String> {
+            if !trusted {
+                return None;
+            }
             let values: Vec<&str> = h.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-            (trusted && !values.is_empty()).then(|| values.join(", "))
+            (!values.is_empty()).then(|| values.join(", "))
         };
         let previous_for = previous(h, &X_FORWARDED_FOR);
         let previous_forwarded = previous(h, &FORWARDED);
@@ -249,10 +252,11 @@ impl ProxyRoute {
         }
         let proto = if cx.tls { "https" } else { "http" };
         let host = h.get(header::HOST).filter(|v| v.to_str().is_ok()).cloned();
-        if !h.contains_key(&X_FORWARDED_PROTO) {
+        // From an untrusted client none of them is left to keep.
+        if !trusted || !h.contains_key(&X_FORWARDED_PROTO) {
             h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
-        if !h.contains_key(&X_FORWARDED_HOST)
+        if (!trusted || !h.contains_key(&X_FORWARDED_HOST))
             && let Some(v) = &host
         {
             h.insert(&X_FORWARDED_HOST, v.clone());
@@ -526,8 +530,8 @@ impl ProxyRoute {
                 pool::put(flight.server().id, Sender::Raw(conn), max_idle);
             }
         });
-        let h1::Head { status, mut headers, .. } = head;
-        strip_hop_by_hop(&mut headers);
+        // The lean client leaves the hop-by-hop headers out already.
+        let h1::Head { status, headers, .. } = head;
         let body = match answer {
             h1::Answer::Empty => Body::empty(),
             h1::Answer::Whole(bytes) => Body::full(bytes),
