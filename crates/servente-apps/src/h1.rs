@@ -787,7 +787,7 @@ mod tests {
         let stream = Stream::Tcp(TcpStream::connect(addr).await.expect("connect"));
         let mut conn = Conn::new(stream);
         let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::from_static("example"));
+        headers.insert(http::header::HOST, HeaderValue::from_static("example"));
         conn.send(&Method::GET, "/one?x=1", &headers).await.expect("send");
         let h = conn.read_head(false).await.expect("head");
         let (tx, rx) = std::sync::mpsc::channel();
