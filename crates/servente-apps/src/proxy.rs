@@ -362,15 +362,18 @@ impl ProxyRoute {
             loop {
                 let reused = pooled.is_some();
                 // hyper's futures are large and rare here (requests with bodies, new
-                // connections): boxed, they keep this future small for the common request.
+                // connections): boxed, they keep this future small for the common request (each
+                // box made before its await; see `WebRole::handle`).
                 let opened = match pooled.take() {
                     Some(Sender::Raw(conn)) if !lean => {
-                        Box::pin(pool::handshake(conn.into_stream(), settings.protocol)).await.map(Sender::Hyper)
+                        let boxed = Box::pin(pool::handshake(conn.into_stream(), settings.protocol));
+                        boxed.await.map(Sender::Hyper)
                     }
                     Some(s) => Ok(s),
                     None if lean => pool::open(&server.address, settings.connect_timeout.0).await.map(Sender::Raw),
                     None => {
-                        Box::pin(pool::connect(&server.address, settings.protocol, settings.connect_timeout.0)).await.map(Sender::Hyper)
+                        let boxed = Box::pin(pool::connect(&server.address, settings.protocol, settings.connect_timeout.0));
+                        boxed.await.map(Sender::Hyper)
                     }
                 };
                 let sender = match opened {
@@ -415,7 +418,8 @@ impl ProxyRoute {
                         } else {
                             *up.version_mut() = http::Version::HTTP_11;
                         }
-                        Box::pin(send(client, up, settings.response_timeout.0, body_state.as_deref())).await
+                        let boxed = Box::pin(send(client, up, settings.response_timeout.0, body_state.as_deref()));
+                        boxed.await
                     }
                 };
                 match sent {
@@ -563,7 +567,9 @@ async fn exchange(
         let head = conn.read_head(parts.method == Method::HEAD).await?;
         Ok(Answer::Lean(head, conn))
     };
-    match tokio::time::timeout(timeout, fut).await {
+    // Bound first: a future built in a `match` scrutinee is kept twice in the caller's future.
+    let bounded = tokio::time::timeout(timeout, fut);
+    match bounded.await {
         Ok(r) => r.map_err(|e: h1::Error| SendError::Failed(Box::new(e))),
         Err(_) => Err(SendError::Timeout),
     }

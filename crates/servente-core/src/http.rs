@@ -181,7 +181,10 @@ pub(crate) async fn serve_request<R: Router>(
     let response = if declared.is_some_and(|n| n > cx.max_body) {
         simple_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
     } else {
-        match AssertUnwindSafe(router.handle(req, &mut cx)).catch_unwind().await {
+        // Bound before the `match`: a future built in the scrutinee would be kept twice in this
+        // one (the temporary's storage lasts to the end of the `match`), which hyper then moves.
+        let guarded = AssertUnwindSafe(router.handle(req, &mut cx)).catch_unwind();
+        match guarded.await {
             Ok(r) => r,
             Err(panic) => {
                 let what = panic

@@ -136,7 +136,10 @@ impl WebRole {
 
     /// Every request's future is as large as the largest branch it may take, and is moved a few
     /// times on its way into hyper's connection; the large branches (WebDAV, sign-in checks,
-    /// FastCGI) are boxed so that the common ones (static files, proxying) stay small.
+    /// FastCGI) are boxed so that the common ones (static files, proxying) stay small. Each box
+    /// is made in a statement of its own: a future moved into a box in the statement that
+    /// awaits it still takes its full size in this future (rustc keeps the moved-from
+    /// temporary's storage until the statement ends).
     pub async fn handle(&self, req: Request<Incoming>, cx: &mut RequestCx) -> Response<Body> {
         match self.site_for(&req, cx) {
             Some(site) => {
@@ -146,20 +149,24 @@ impl WebRole {
                         return servente_core::redirect(StatusCode::MOVED_PERMANENTLY, mount);
                     }
                     if let Some(files) = &self.files {
-                        return Box::pin(files.handle(mount, req, cx)).await;
+                        let boxed = Box::pin(files.handle(mount, req, cx));
+                        return boxed.await;
                     }
                 }
                 let (acl, proxy) = site.rules_for(req.uri().path());
-                if let Some(acl) = acl
-                    && let Err(refusal) = Box::pin(self.check_access(acl, &req, cx)).await
-                {
-                    return refusal;
+                if let Some(acl) = acl {
+                    let boxed = Box::pin(self.check_access(acl, &req, cx));
+                    if let Err(refusal) = boxed.await {
+                        return refusal;
+                    }
                 }
                 if let Some(route) = proxy {
                     return route.handle(req, cx).await;
                 }
-                if let Some((route, script)) = site.fastcgi_script(req.uri().path()).await {
-                    return Box::pin(route.run(req, script, cx)).await;
+                let script = site.fastcgi_script(req.uri().path()).await;
+                if let Some((route, script)) = script {
+                    let boxed = Box::pin(route.run(req, script, cx));
+                    return boxed.await;
                 }
                 site.handle(&req, cx.started, cx.sendfile).await
             }

@@ -45,7 +45,11 @@ impl Router for AppRouter {
         match self.roles[cx.listener_index].1 {
             // Boxed: the console's future is large, and every web request's future would be as
             // large as it (and be moved that much) if it were inline.
-            ListenerRole::Admin => Box::pin(self.admin.handle(req, cx)).await,
+            // (The box is made before the await, as in `WebRole::handle`.)
+            ListenerRole::Admin => {
+                let boxed = Box::pin(self.admin.handle(req, cx));
+                boxed.await
+            }
             ListenerRole::Web => self.web.handle(req, cx).await,
         }
     }
