@@ -216,19 +216,20 @@ impl Conn {
     }
 
     /// The body that follows `head`. When it arrives whole with the head, it is returned as
-    /// bytes and `done` gets the connection at once; otherwise it streams, and `done` gets the
-    /// connection when the body has been read to its end. `done` gets `None` when the
-    /// connection cannot be reused; it is dropped unused if the body is dropped unfinished.
-    pub fn body(mut self, head: &Head, done: impl FnOnce(Option<Conn>) + Send + 'static) -> Answer {
+    /// bytes and `done` gets the connection at once (and `true`, "at once", so that it may reuse
+    /// a clock reading); otherwise it streams, and `done` gets the connection when the body has
+    /// been read to its end. `done` gets `None` when the connection cannot be reused; it is
+    /// dropped unused if the body is dropped unfinished.
+    pub fn body(mut self, head: &Head, done: impl FnOnce(Option<Conn>, bool) + Send + 'static) -> Answer {
         let decoder = Decoder::new(head.framing);
         match decoder {
             Decoder::Done => {
-                done(head.reusable.then_some(self).filter(|c| c.buf.is_empty()));
+                done(head.reusable.then_some(self).filter(|c| c.buf.is_empty()), true);
                 Answer::Empty
             }
             Decoder::Length(n) if n <= self.buf.len() as u64 => {
                 let bytes = self.buf.split_to(n as usize).freeze();
-                done(head.reusable.then_some(self).filter(|c| c.buf.is_empty()));
+                done(head.reusable.then_some(self).filter(|c| c.buf.is_empty()), true);
                 Answer::Whole(bytes)
             }
             _ => Answer::Streaming(Streaming {
@@ -250,7 +251,7 @@ pub enum Answer {
     Streaming(Streaming),
 }
 
-type Done = Box<dyn FnOnce(Option<Conn>) + Send>;
+type Done = Box<dyn FnOnce(Option<Conn>, bool) + Send>;
 
 /// A response body read from the connection as the client takes it.
 pub struct Streaming {
@@ -283,7 +284,7 @@ impl Streaming {
     fn finish(&mut self) {
         let conn = self.conn.take().filter(|c| self.reusable && c.buf.is_empty());
         if let Some(done) = self.done.take() {
-            done(conn);
+            done(conn, false);
         }
     }
 }
@@ -791,14 +792,14 @@ mod tests {
         conn.send(&Method::GET, "/one?x=1", &headers).await.expect("send");
         let h = conn.read_head(false).await.expect("head");
         let (tx, rx) = std::sync::mpsc::channel();
-        let first = conn.body(&h, move |c| tx.send(c).expect("send"));
+        let first = conn.body(&h, move |c, _| tx.send(c).expect("send"));
         assert!(matches!(first, Answer::Whole(ref b) if b == "hi"));
         let mut conn = rx.recv().expect("done").expect("reusable");
         assert!(conn.is_usable());
         conn.send(&Method::GET, "/two", &headers).await.expect("send");
         let h = conn.read_head(false).await.expect("head");
         let (tx, rx) = std::sync::mpsc::channel();
-        let Answer::Streaming(body) = conn.body(&h, move |c| tx.send(c).expect("send")) else { panic!("not streaming") };
+        let Answer::Streaming(body) = conn.body(&h, move |c, _| tx.send(c).expect("send")) else { panic!("not streaming") };
         let collected = http_body_util::BodyExt::collect(body).await.expect("body").to_bytes();
         assert_eq!(collected, "abc");
         assert!(rx.recv().expect("done").is_some());

@@ -156,13 +156,14 @@ thread_local! {
     static POOL: RefCell<HashMap<PoolKey, Vec<Idle>>> = RefCell::new(HashMap::new());
 }
 
-/// A pooled connection for `key`, if one is idle, open and younger than `max_idle_time`.
-pub fn take(key: PoolKey, max_idle_time: Duration) -> Option<Sender> {
+/// A pooled connection for `key`, if one is idle, open and younger than `max_idle_time` at
+/// `now` (a clock reading the caller already has).
+pub fn take(key: PoolKey, max_idle_time: Duration, now: Instant) -> Option<Sender> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let list = p.get_mut(&key)?;
         while let Some(mut idle) = list.pop() {
-            if idle.sender.is_closed() || idle.since.elapsed() > max_idle_time {
+            if idle.sender.is_closed() || now.saturating_duration_since(idle.since) > max_idle_time {
                 continue;
             }
             if let Sender::Raw(conn) = &mut idle.sender
@@ -184,6 +185,11 @@ pub fn take(key: PoolKey, max_idle_time: Duration) -> Option<Sender> {
 
 /// Puts a connection back for reuse (HTTP/1.1: after its response body was read to the end).
 pub fn put(key: PoolKey, sender: Sender, max_idle: usize) {
+    put_at(key, sender, max_idle, Instant::now());
+}
+
+/// [`put`], idle since `now` (a clock reading the caller already has).
+pub fn put_at(key: PoolKey, sender: Sender, max_idle: usize, now: Instant) {
     if sender.is_closed() || max_idle == 0 {
         return;
     }
@@ -191,7 +197,7 @@ pub fn put(key: PoolKey, sender: Sender, max_idle: usize) {
         let mut p = p.borrow_mut();
         let list = p.entry(key).or_default();
         if list.len() < max_idle {
-            list.push(Idle { sender, since: Instant::now() });
+            list.push(Idle { sender, since: now });
         }
     });
 }
