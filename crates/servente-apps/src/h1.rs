@@ -421,12 +421,21 @@ pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> 
     list_items(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
-/// Hop-by-hop fields (RFC 9110 section 7.6.1): they describe the connection to the upstream
-/// and are not passed on.
-const HOP_BY_HOP: [&[u8]; 7] = [b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"];
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1): neither
+/// the lean client nor the proxy passes them on. Connection comes first.
+pub(crate) const HOP_BY_HOP: [HeaderName; 7] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+];
 
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+/// Whether a raw field name (any case) is one of [`HOP_BY_HOP`].
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
 }
 
 /// The items of one line of a comma-separated list field, trimmed, empty ones skipped.

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use servente_config::{ProxyRoute as RouteConfig, UpstreamProtocol};
 use servente_core::{Body, RequestCx, simple_response};
 
-use crate::h1;
+use crate::h1::{self, HOP_BY_HOP};
 use crate::pool::{self, Client, Sender, UpBody};
 use crate::read_timeout::ReadTimeout;
 use crate::upstream::{InFlight, Upstream};
@@ -143,18 +143,8 @@ fn peer_text<R>(peer: Option<IpAddr>, f: impl FnOnce(&mut PeerText) -> R) -> R {
     })
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop headers, including those the Connection header names.
+/// Removes hop-by-hop headers ([`h1::HOP_BY_HOP`]), including those the Connection header
+/// names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Most messages have none: one pass over the names is cheaper than a lookup for each.
     if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
@@ -169,7 +159,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Names the Connection header adds to the fixed list (most often it names only
     // keep-alive or close, which need no owned name).
     let named: Vec<HeaderName> = h1::list_items(h, &header::CONNECTION)
-        .filter(|t| !HOP_BY_HOP.iter().any(|n| n.as_str().eq_ignore_ascii_case(t)))
+        .filter(|t| !h1::is_hop_by_hop(t.as_bytes()))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for n in named.iter().chain(HOP_BY_HOP.iter()) {
