@@ -65,6 +65,15 @@ impl ConnState {
         }
     }
 
+    /// Counts a request in flight from the moment hyper hands it over (before its handler first
+    /// runs, so that hyper's own read for an early close already sees the connection busy and
+    /// arms no head timer) until the token is dropped: with its response, or with the handler
+    /// when hyper drops it (an HTTP/2 stream reset), so that the count cannot stay up.
+    pub fn start(self: &Arc<Self>) -> InFlightRequest {
+        self.request_started();
+        InFlightRequest(self.clone())
+    }
+
     /// The response was `101 Switching Protocols`: stop timing heads and idleness.
     pub fn upgraded(&self) {
         self.upgraded.store(true, Relaxed);
@@ -72,6 +81,21 @@ impl ConnState {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Relaxed)
+    }
+}
+
+/// One request counted in flight on its connection (see [`ConnState::start`]).
+pub struct InFlightRequest(Arc<ConnState>);
+
+impl InFlightRequest {
+    pub fn state(&self) -> &ConnState {
+        &self.0
+    }
+}
+
+impl Drop for InFlightRequest {
+    fn drop(&mut self) {
+        self.0.request_finished();
     }
 }
 
@@ -199,20 +223,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<I> {
                 // The response may have finished between the engine's report and the registration.
                 this.update_phase(false);
                 let Some(deadline) = this.deadline_for_phase() else { return Poll::Pending };
-                // A deadline that moved later leaves the timer where it is (re-arming it costs
-                // a timer-wheel update, and a kept-alive connection would pay one per request):
-                // the timer then fires early, once, and is set to the real deadline here.
-                if deadline < this.sleep.deadline() {
-                    this.sleep.as_mut().reset(deadline);
-                }
-                loop {
-                    if this.sleep.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    this.sleep.as_mut().reset(deadline);
+                // A deadline that moved later leaves the timer where it is (a kept-alive
+                // connection would otherwise re-arm it at every request).
+                if crate::lazy_timer::poll_until(&mut this.sleep, deadline, cx).is_pending() {
+                    return Poll::Pending;
                 }
                 if this.phase == Phase::ReadingHead {
                     if let Some(f) = &this.on_header_timeout {

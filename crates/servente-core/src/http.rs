@@ -24,7 +24,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLogger, AccessRecord};
-use crate::guard::ConnState;
+use crate::guard::{ConnState, InFlightRequest};
 use crate::metrics::{Metrics, SiteStats};
 
 /// A response body: nothing, bytes in memory, or a stream (files, compression, proxies).
@@ -154,10 +154,10 @@ pub(crate) async fn serve_request<R: Router>(
     router: Arc<R>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
+    flight: InFlightRequest,
 ) -> Result<Response<TrackedBody>, Infallible> {
     let started = Instant::now();
     let engine = &conn.engine;
-    conn.state.request_started();
     let log = engine.access_log.load();
     let log_fields = log.enabled().then(|| LogFields::from_request(&req));
     let max_body = engine.max_body_bytes.load(std::sync::atomic::Ordering::Relaxed);
@@ -201,14 +201,14 @@ pub(crate) async fn serve_request<R: Router>(
     };
     let (parts, body) = response.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        conn.state.upgraded();
+        flight.state().upgraded();
     }
     let done = Completion {
         status: parts.status.as_u16(),
         bytes: 0,
         started,
         site: cx.site.take().unwrap_or_else(|| engine.unknown_site.clone()),
-        state: conn.state.clone(),
+        _flight: flight,
         log: log_fields.map(|f| (f, log.as_ref().clone(), conn.peer_text(), cx.user.take())),
     };
     Ok(Response::from_parts(parts, TrackedBody { inner: body, done }))
@@ -284,7 +284,8 @@ struct Completion {
     bytes: u64,
     started: Instant,
     site: Arc<SiteStats>,
-    state: Arc<ConnState>,
+    /// Ends the request's count on its connection when dropped, after this drop's bookkeeping.
+    _flight: InFlightRequest,
     log: Option<(LogFields, AccessLogger, Arc<str>, Option<String>)>,
 }
 
@@ -292,7 +293,6 @@ impl Drop for Completion {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
         self.site.record(self.status, self.bytes, elapsed);
-        self.state.request_finished();
         if let Some((f, logger, peer, user)) = &self.log {
             logger.log(&AccessRecord {
                 peer,

@@ -10,6 +10,7 @@ pub mod access_log;
 pub mod file_body;
 pub mod guard;
 pub mod http;
+pub mod lazy_timer;
 pub mod listen;
 pub mod logging;
 pub mod metrics;

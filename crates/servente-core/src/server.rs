@@ -428,7 +428,11 @@ async fn serve_http<R, IO>(
         peer_text: std::sync::OnceLock::new(),
     });
     let shared2 = shared.clone();
-    let service = service_fn(move |req| serve_request(shared2.router.load_full(), info.clone(), req));
+    let service = service_fn(move |req| {
+        // Counted at dispatch, before the handler first runs (see `ConnState::start`).
+        let flight = info.state.start();
+        serve_request(shared2.router.load_full(), info.clone(), req, flight)
+    });
     let builder = match h2 {
         Some(true) => &settings.http2_only,
         Some(false) => &settings.http1_only,
