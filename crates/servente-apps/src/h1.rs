@@ -20,6 +20,7 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_body::{Frame, SizeHint};
+use servente_core::lazy_timer::LazyTimer;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -152,11 +153,14 @@ pub struct Conn {
     buf: BytesMut,
     /// The request head being sent, kept to be reused by the next request.
     out: Vec<u8>,
+    /// The response timer, kept with the connection so that each request does not register
+    /// and remove one (see [`servente_core::lazy_timer`]).
+    pub timer: LazyTimer,
 }
 
 impl Conn {
     pub fn new(io: Stream) -> Conn {
-        Conn { io, buf: BytesMut::new(), out: Vec::new() }
+        Conn { io, buf: BytesMut::new(), out: Vec::new(), timer: LazyTimer::default() }
     }
 
     /// The bare stream, for hyper's client (only an idle connection, which holds no bytes, is
@@ -178,9 +182,11 @@ impl Conn {
     }
 
     /// Sends a request without a body: the request line, then the headers as they are.
-    pub async fn send(&mut self, method: &Method, target: &str, headers: &HeaderMap) -> Result<(), Error> {
+    /// Sends a request head without a body: `headers`, then the `extra` fields (the proxy's
+    /// forwarding fields, written without going through the map).
+    pub async fn send(&mut self, method: &Method, target: &str, headers: &HeaderMap, extra: &Fields) -> Result<(), Error> {
         self.out.clear();
-        encode_request(&mut self.out, method, target, headers);
+        encode_request(&mut self.out, method, target, headers, extra);
         self.io.write_all(&self.out).await.map_err(Error::NoAnswer)
     }
 
@@ -352,19 +358,53 @@ impl http_body::Body for Streaming {
 }
 
 /// The request head as bytes: request line, then the headers as they are.
-fn encode_request(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
-    out.reserve(32 + target.len() + headers.len() * 40);
+fn encode_request(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap, extra: &Fields) {
+    out.reserve(32 + target.len() + (headers.len() + extra.len()) * 40);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    for (name, value) in headers.iter().chain(extra.iter()) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// A few header fields outside a header map (at most [`Fields::CAPACITY`], kept inline: the
+/// common request allocates nothing for them).
+#[derive(Default)]
+pub struct Fields {
+    fields: [Option<(&'static HeaderName, HeaderValue)>; Fields::CAPACITY],
+    len: usize,
+}
+
+impl Fields {
+    pub const CAPACITY: usize = 4;
+
+    /// Adds a field; a field beyond the capacity is a bug of the caller, reported in debug
+    /// builds and dropped otherwise.
+    pub fn push(&mut self, name: &'static HeaderName, value: HeaderValue) {
+        debug_assert!(self.len < Self::CAPACITY, "more than {} extra fields", Self::CAPACITY);
+        if let Some(slot) = self.fields.get_mut(self.len) {
+            *slot = Some((name, value));
+            self.len += 1;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.fields[..self.len].iter().flatten().map(|(n, v)| (*n, v))
+    }
 }
 
 /// What `parse_head` found at the start of the buffer.
@@ -382,7 +422,33 @@ struct PendingHead {
     status: StatusCode,
     http10: bool,
     head_request: bool,
-    fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>, Field)>,
+}
+
+/// What a response field means to the lean client, told once per field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// Passed on to the client.
+    Plain,
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    /// Another of [`HOP_BY_HOP`].
+    HopByHop,
+}
+
+impl Field {
+    fn of(name: &[u8]) -> Field {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        // The length rules out most names at once.
+        match name.len() {
+            10 if is("connection") => Field::Connection,
+            17 if is("transfer-encoding") => Field::TransferEncoding,
+            14 if is("content-length") => Field::ContentLength,
+            _ if is_hop_by_hop(name) => Field::HopByHop,
+            _ => Field::Plain,
+        }
+    }
 }
 
 fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
@@ -406,7 +472,7 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
         let start = s.as_ptr() as usize - base;
         start..start + s.len()
     };
-    let fields = response.headers.iter().map(|h| (offset(h.name.as_bytes()), offset(h.value))).collect();
+    let fields = response.headers.iter().map(|h| (offset(h.name.as_bytes()), offset(h.value), Field::of(h.name.as_bytes()))).collect();
     Ok(Parsed::Final(n, PendingHead { status, http10: response.version == Some(0), head_request, fields }))
 }
 
@@ -422,20 +488,14 @@ pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> 
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1): neither
-/// the lean client nor the proxy passes them on. Connection comes first.
-pub(crate) const HOP_BY_HOP: [HeaderName; 7] = [
-    http::header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::TRANSFER_ENCODING,
-    http::header::UPGRADE,
-];
+/// the lean client nor the proxy passes them on. Connection comes first. Plain lowercase
+/// strings: the lean client compares raw field names with them, and a header map takes them as
+/// names as they are.
+pub(crate) const HOP_BY_HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
 
 /// Whether a raw field name (any case) is one of [`HOP_BY_HOP`].
 pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+    HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
 }
 
 /// The items of one line of a comma-separated list field, trimmed, empty ones skipped.
@@ -448,12 +508,12 @@ impl PendingHead {
     /// map gets every field but the hop-by-hop ones and those the Connection header names (so
     /// the proxy has nothing to look up or remove afterwards).
     fn into_head(self, bytes: &Bytes) -> Result<Head, Error> {
-        let fields = || self.fields.iter().map(|(n, v)| (&bytes[n.clone()], &bytes[v.clone()]));
+        let fields = || self.fields.iter().map(|(n, v, kind)| (&bytes[n.clone()], &bytes[v.clone()], *kind));
         let (mut close, mut keep_alive, mut chunked, mut coded, mut has_length) = (false, false, false, false, false);
         // Names the Connection header adds to the fixed list (most often it names none).
         let mut listed: Vec<&[u8]> = Vec::new();
-        for (name, value) in fields() {
-            if name.eq_ignore_ascii_case(b"connection") {
+        for (_, value, kind) in fields() {
+            if kind == Field::Connection {
                 for t in items(value) {
                     if t.eq_ignore_ascii_case(b"close") {
                         close = true;
@@ -463,12 +523,12 @@ impl PendingHead {
                         listed.push(t);
                     }
                 }
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            } else if kind == Field::TransferEncoding {
                 coded = true;
                 if let Some(last) = items(value).last() {
                     chunked = last.eq_ignore_ascii_case(b"chunked");
                 }
-            } else if name.eq_ignore_ascii_case(b"content-length") {
+            } else if kind == Field::ContentLength {
                 has_length = true;
             }
         }
@@ -492,18 +552,20 @@ impl PendingHead {
                 Framing::UntilClose
             }
         } else if has_length {
-            Framing::Length(content_length(fields().filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length")).map(|(_, v)| v))?)
+            Framing::Length(content_length(fields().filter(|f| f.2 == Field::ContentLength).map(|f| f.1))?)
         } else {
             reusable = false;
             Framing::UntilClose
         };
         let mut headers = HeaderMap::with_capacity(self.fields.len());
-        for (name_at, value_at) in &self.fields {
+        for (name_at, value_at, kind) in &self.fields {
             let name = &bytes[name_at.clone()];
-            if is_hop_by_hop(name)
-                || (drop_length && name.eq_ignore_ascii_case(b"content-length"))
-                || listed.iter().any(|l| name.eq_ignore_ascii_case(l))
-            {
+            let passed = match kind {
+                Field::Plain => true,
+                Field::ContentLength => !drop_length,
+                Field::Connection | Field::TransferEncoding | Field::HopByHop => false,
+            };
+            if !passed || listed.iter().any(|l| name.eq_ignore_ascii_case(l)) {
                 continue;
             }
             let name = HeaderName::from_bytes(name).map_err(|_| Error::Malformed("a header name is not valid".into()))?;
@@ -798,14 +860,14 @@ mod tests {
         let mut conn = Conn::new(stream);
         let mut headers = HeaderMap::new();
         headers.insert(http::header::HOST, HeaderValue::from_static("example"));
-        conn.send(&Method::GET, "/one?x=1", &headers).await.expect("send");
+        conn.send(&Method::GET, "/one?x=1", &headers, &Fields::default()).await.expect("send");
         let h = conn.read_head(false).await.expect("head");
         let (tx, rx) = std::sync::mpsc::channel();
         let first = conn.body(&h, move |c, _| tx.send(c).expect("send"));
         assert!(matches!(first, Answer::Whole(ref b) if b == "hi"));
         let mut conn = rx.recv().expect("done").expect("reusable");
         assert!(conn.is_usable());
-        conn.send(&Method::GET, "/two", &headers).await.expect("send");
+        conn.send(&Method::GET, "/two", &headers, &Fields::default()).await.expect("send");
         let h = conn.read_head(false).await.expect("head");
         let (tx, rx) = std::sync::mpsc::channel();
         let Answer::Streaming(body) = conn.body(&h, move |c, _| tx.send(c).expect("send")) else { panic!("not streaming") };

@@ -105,10 +105,10 @@ impl http_body::Body for CappedBody {
     }
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// The client's address as X-Forwarded-For names it and as a Forwarded `for=` node, and the
 /// last Forwarded value made from it.
@@ -147,12 +147,12 @@ fn peer_text<R>(peer: Option<IpAddr>, f: impl FnOnce(&mut PeerText) -> R) -> R {
 /// names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Most messages have none: one pass over the names is cheaper than a lookup for each.
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    if !h.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
         return;
     }
     if !h.contains_key(header::CONNECTION) {
         for n in HOP_BY_HOP.iter().skip(1) {
-            h.remove(n);
+            h.remove(*n);
         }
         return;
     }
@@ -162,7 +162,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .filter(|t| !h1::is_hop_by_hop(t.as_bytes()))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+    for n in &named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
         h.remove(n);
     }
 }
@@ -217,8 +220,10 @@ impl ProxyRoute {
         target.parse().ok()
     }
 
-    /// Sets (or, from trusted proxies, extends) the forwarding headers.
-    fn forwarding_headers(&self, h: &mut HeaderMap, cx: &RequestCx) {
+    /// Sets (or, from trusted proxies, extends) the forwarding headers. With `extra` (the lean
+    /// client writes those after the map) the new fields of an untrusted client's request go
+    /// there, sparing the map four insertions; a trusted client's are merged in the map.
+    fn forwarding_headers(&self, h: &mut HeaderMap, cx: &RequestCx, mut extra: Option<&mut h1::Fields>) {
         let peer = cx.peer.map(|p| p.ip().to_canonical());
         let trusted = !self.trusted.is_empty() && peer.is_some_and(|ip| self.trusted.iter().any(|c| in_cidr(ip, *c)));
         let forwarding = [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &FORWARDED];
@@ -240,16 +245,22 @@ impl ProxyRoute {
         if !self.forwarded {
             return;
         }
+        let mut add = |h: &mut HeaderMap, name: &'static HeaderName, value: HeaderValue| match extra.as_deref_mut() {
+            Some(extra) if !trusted => extra.push(name, value),
+            _ => {
+                h.insert(name, value);
+            }
+        };
         let proto = if cx.tls { "https" } else { "http" };
         let host = h.get(header::HOST).filter(|v| v.to_str().is_ok()).cloned();
         // From an untrusted client none of them is left to keep.
         if !trusted || !h.contains_key(&X_FORWARDED_PROTO) {
-            h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+            add(h, &X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
         if (!trusted || !h.contains_key(&X_FORWARDED_HOST))
             && let Some(v) = &host
         {
-            h.insert(&X_FORWARDED_HOST, v.clone());
+            add(h, &X_FORWARDED_HOST, v.clone());
         }
         peer_text(peer, |text| {
             let xff = match previous_for {
@@ -259,14 +270,14 @@ impl ProxyRoute {
                 None => Some(text.client.clone()),
             };
             if let Some(v) = xff {
-                h.insert(&X_FORWARDED_FOR, v);
+                add(h, &X_FORWARDED_FOR, v);
             }
             if previous_forwarded.is_none()
                 && let Some((tls, last_host, v)) = &text.forwarded
                 && *tls == cx.tls
                 && *last_host == host
             {
-                h.insert(&FORWARDED, v.clone());
+                add(h, &FORWARDED, v.clone());
                 return;
             }
             let mut value = previous_forwarded.as_ref().map(|list| format!("{list}, ")).unwrap_or_default();
@@ -284,7 +295,7 @@ impl ProxyRoute {
                 if previous_forwarded.is_none() {
                     text.forwarded = Some((cx.tls, host.clone(), v.clone()));
                 }
-                h.insert(&FORWARDED, v);
+                add(h, &FORWARDED, v);
             }
         });
     }
@@ -324,17 +335,19 @@ impl ProxyRoute {
         {
             parts.headers.insert(header::HOST, v);
         }
-        self.forwarding_headers(&mut parts.headers, cx);
+        let settings = &self.upstream.settings;
+        // A request without a body and not asking for an upgrade goes by the lean client, on
+        // this task (`h1`); the others by hyper's.
+        let lean = !has_body && !upgrade && settings.protocol == UpstreamProtocol::Http1;
+        // Forwarding fields the lean client writes after the map (see `forwarding_headers`).
+        let mut extra = h1::Fields::default();
+        self.forwarding_headers(&mut parts.headers, cx, lean.then_some(&mut extra));
         let Some(target) = self.upstream_target(&parts.uri) else {
             return bad_gateway(StatusCode::BAD_REQUEST, "the request target cannot be forwarded\n");
         };
         // Only a request with a body can grow past the limit, and only it needs the flag.
         let body_state = has_body.then(|| Arc::new(BodyState::default()));
         let mut body = body_state.as_ref().map(|state| CappedBody::new(body, cx.max_body, state.clone()));
-        let settings = &self.upstream.settings;
-        // A request without a body and not asking for an upgrade goes by the lean client, on
-        // this task (`h1`); the others by hyper's.
-        let lean = !has_body && !upgrade && settings.protocol == UpstreamProtocol::Http1;
         let head_request = parts.method == Method::HEAD;
         let attempts = if retryable { 1 + settings.retries } else { 1 };
         // Servers already tried, noted only when another attempt follows (the common request
@@ -384,7 +397,7 @@ impl ProxyRoute {
                     }
                 };
                 let sent = match sender {
-                    Sender::Raw(conn) => exchange(conn, &parts, &target, now + settings.response_timeout.0).await,
+                    Sender::Raw(conn) => exchange(conn, &parts, &target, &extra, now + settings.response_timeout.0).await,
                     Sender::Hyper(client) => {
                         let req_body =
                             if retryable { empty_body() } else { body.take().map(|b| b.boxed_unsync()).unwrap_or_else(empty_body) };
@@ -405,6 +418,11 @@ impl ProxyRoute {
                         *up.uri_mut() = uri;
                         // Only a request that may be tried again needs its headers kept.
                         *up.headers_mut() = if retryable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+                        // A lean request can meet a pooled hyper connection: its forwarding
+                        // fields join the map then.
+                        for (name, value) in extra.iter() {
+                            up.headers_mut().insert(name.clone(), value.clone());
+                        }
                         if matches!(client, Client::H2(_)) {
                             // HTTP/2 carries the host in :authority; a Host header would be a duplicate.
                             up.headers_mut().remove(header::HOST);
@@ -557,18 +575,26 @@ async fn exchange(
     mut conn: h1::Conn,
     parts: &http::request::Parts,
     target: &PathAndQuery,
+    extra: &h1::Fields,
     deadline: std::time::Instant,
 ) -> Result<Answer, SendError> {
+    // The connection's own timer bounds the exchange (taken out while the connection is lent to
+    // it): a pooled connection's timer stays armed from one request to the next.
+    let mut timer = std::mem::take(&mut conn.timer);
     let fut = async move {
-        conn.send(&parts.method, target.as_str(), &parts.headers).await?;
+        conn.send(&parts.method, target.as_str(), &parts.headers, extra).await?;
         let head = conn.read_head(parts.method == Method::HEAD).await?;
-        Ok(Answer::Lean(head, conn))
+        Ok::<_, h1::Error>((head, conn))
     };
     // Bound first: a future built in a `match` scrutinee is kept twice in the caller's future.
-    let bounded = tokio::time::timeout_at(deadline.into(), fut);
+    let bounded = timer.bound(deadline.into(), fut);
     match bounded.await {
-        Ok(r) => r.map_err(|e: h1::Error| SendError::Failed(Box::new(e))),
-        Err(_) => Err(SendError::Timeout),
+        Some(Ok((head, mut conn))) => {
+            conn.timer = timer;
+            Ok(Answer::Lean(head, conn))
+        }
+        Some(Err(e)) => Err(SendError::Failed(Box::new(e))),
+        None => Err(SendError::Timeout),
     }
 }
 

@@ -240,7 +240,7 @@ pub async fn probe(address: &Address, protocol: servente_config::UpstreamProtoco
                 return Err(format!("bad check path: {path}"));
             }
             let mut conn = pool::open(address, timeout).await.map_err(|e| e.to_string())?;
-            conn.send(&http::Method::GET, path, &headers).await.map_err(|e| e.to_string())?;
+            conn.send(&http::Method::GET, path, &headers, &crate::h1::Fields::default()).await.map_err(|e| e.to_string())?;
             let head = conn.read_head(false).await.map_err(|e| e.to_string())?;
             return Ok(head.status.as_u16());
         }

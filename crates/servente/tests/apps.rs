@@ -523,6 +523,13 @@ strip_prefix = "/unix"
     let want3 = sha256_hex(&std::fs::read(&upload3).expect("upload"));
     let e = echo(&["-X", "PUT", "--data-binary", &format!("@{}", upload3.display()), "-H", "Expect: 100-continue", &url]);
     assert_eq!((e["body_len"].as_u64(), e["body_sha256"].as_str()), (Some(3 << 20), Some(want3.as_str())), "upload after 100-continue");
+    // Requests without a body now meet the pooled connections those uploads left (hyper's, not
+    // the lean client's): their forwarding fields must come along all the same.
+    for _ in 0..4 {
+        let e = echo(&["-H", "Host: app.example", &format!("{base}/app/echo/after-upload")]);
+        assert_eq!(header(&e, "x-forwarded-for").as_deref(), Some("127.0.0.1"), "{e}");
+        assert_eq!(header(&e, "forwarded").as_deref(), Some("for=127.0.0.1;proto=http;host=\"app.example\""), "{e}");
+    }
 
     // HEAD: the length without the body (a GET after it on the same connection parses), and
     // the pooled upstream connection stays in step.
