@@ -167,7 +167,10 @@ impl http_body::Body for FileBody {
         if this.pos >= this.end {
             return Poll::Ready(None);
         }
+        // A short region is read instead (one read, and the head and body leave in one write):
+        // sending it from the file would cost more system calls than its copy.
         if this.unread
+            && this.end - this.pos >= crate::sendfile::MIN_SLICE as u64
             && let Some(b) = crate::sendfile::unread(&this.file, this.pos, this.end - this.pos)
         {
             return this.frame(Ok(b));
