@@ -18,7 +18,17 @@ use crate::fs::{Caller, Node, StdMeta, Storage};
 
 /// Whether dav-server must answer (ranges and conditions).
 pub fn needs_dav_server(h: &HeaderMap) -> bool {
-    ["range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range", "if"].iter().any(|n| h.contains_key(*n))
+    // One pass over the few fields a request has, comparing known names (a lookup by string
+    // would parse and hash each of the seven names).
+    h.keys().any(|k| {
+        k == header::RANGE
+            || k == header::IF_MATCH
+            || k == header::IF_NONE_MATCH
+            || k == header::IF_MODIFIED_SINCE
+            || k == header::IF_UNMODIFIED_SINCE
+            || k == header::IF_RANGE
+            || k.as_str() == "if"
+    })
 }
 
 /// `sendfile`: the request's [`servente_core::RequestCx::sendfile`].
@@ -53,4 +63,22 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
     }
     *r.status_mut() = StatusCode::OK;
     Some(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_and_conditions_go_to_dav_server() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("x"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic eA=="));
+        assert!(!needs_dav_server(&h));
+        for name in ["range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range", "if", "If-Range"] {
+            let mut with = h.clone();
+            with.insert(http::HeaderName::from_bytes(name.as_bytes()).expect("name"), HeaderValue::from_static("v"));
+            assert!(needs_dav_server(&with), "{name}");
+        }
+    }
 }

@@ -108,7 +108,7 @@ pub struct Storage {
     /// Bytes promised to uploads in progress, per user.
     reserved: Mutex<HashMap<String, u64>>,
     /// Area folders known to exist (created on first use).
-    made: Mutex<HashSet<(Kind, String)>>,
+    made: std::sync::RwLock<HashMap<Kind, HashSet<String>>>,
 }
 
 impl fmt::Debug for Storage {
@@ -149,7 +149,7 @@ impl Storage {
             folders: s.folders,
             usage: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashMap::new()),
-            made: Mutex::new(HashSet::new()),
+            made: std::sync::RwLock::new(HashMap::new()),
         })
     }
 
@@ -270,8 +270,8 @@ impl Storage {
     }
 
     fn ensure_area(&self, kind: Kind, name: &str) -> FsResult<()> {
-        let key = (kind, name.to_string());
-        if self.made.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
+        // Asked on every request, from every thread: a shared read, and no allocation.
+        if self.made.read().unwrap_or_else(|p| p.into_inner()).get(&kind).is_some_and(|names| names.contains(name)) {
             return Ok(());
         }
         let dir = self.root.join(kind.dir()).join(name);
@@ -279,7 +279,7 @@ impl Storage {
             tracing::error!("cannot create {}: {e}", dir.display());
             FsError::GeneralFailure
         })?;
-        self.made.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+        self.made.write().unwrap_or_else(|p| p.into_inner()).entry(kind).or_default().insert(name.to_string());
         Ok(())
     }
 
