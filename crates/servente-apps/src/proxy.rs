@@ -316,8 +316,9 @@ impl ProxyRoute {
     pub async fn handle(&self, mut req: Request<Incoming>, cx: &RequestCx) -> Response<Body> {
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
-            || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+        // From the body itself, not its headers: an HTTP/2 request may carry DATA frames with
+        // neither Content-Length nor Transfer-Encoding.
+        let has_body = !req.body().is_end_stream();
         let idempotent =
             matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE);
         let retryable = idempotent && !has_body && !upgrade;
