@@ -154,7 +154,9 @@ pub struct Conn {
     /// The request head being sent, kept to be reused by the next request.
     out: Vec<u8>,
     /// The response timer, kept with the connection so that each request does not register
-    /// and remove one (see [`servente_core::lazy_timer`]).
+    /// and remove one (see [`servente_core::lazy_timer`]). While the connection is pooled an
+    /// armed timer still holds the waker of the last task that used it, until it fires (one
+    /// spurious wake) or the connection is taken again.
     pub timer: LazyTimer,
 }
 
@@ -181,7 +183,6 @@ impl Conn {
         }
     }
 
-    /// Sends a request without a body: the request line, then the headers as they are.
     /// Sends a request head without a body: `headers`, then the `extra` fields (the proxy's
     /// forwarding fields, written without going through the map).
     pub async fn send(&mut self, method: &Method, target: &str, headers: &HeaderMap, extra: &Fields) -> Result<(), Error> {
@@ -357,7 +358,7 @@ impl http_body::Body for Streaming {
     }
 }
 
-/// The request head as bytes: request line, then the headers as they are.
+/// The request head as bytes: request line, the headers as they are, then `extra`.
 fn encode_request(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap, extra: &Fields) {
     out.reserve(32 + target.len() + (headers.len() + extra.len()) * 40);
     out.extend_from_slice(method.as_str().as_bytes());

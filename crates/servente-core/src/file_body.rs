@@ -8,8 +8,10 @@
 //! from the blocking pool.
 //!
 //! On a connection that sends files with `sendfile` (see [`FileBody::unread_if`]), a region
-//! that is already in the page cache is not read at all: the body hands over unread bytes
-//! ([`crate::sendfile::unread`]) and the socket takes the pages from the file.
+//! of at least [`crate::sendfile::MIN_SLICE`] that is already in the page cache is not read at
+//! all: the body hands over unread bytes ([`crate::sendfile::unread`]) and the socket takes the
+//! pages from the file. A shorter region is read (one read costs less than what `sendfile`
+//! needs around it).
 //!
 //! Chunks are read into buffers kept in a small per-thread pool and given back when the
 //! socket has taken their bytes, so a download neither zeroes nor faults in fresh memory for
@@ -92,7 +94,7 @@ pub struct FileBody {
     pending: Option<JoinHandle<io::Result<Bytes>>>,
     /// False once the filesystem said it cannot read without waiting.
     nowait: bool,
-    /// Cached regions go out unread (see [`FileBody::unread_if`]).
+    /// Cached regions of at least `MIN_SLICE` go out unread (see [`FileBody::unread_if`]).
     unread: bool,
 }
 
@@ -107,7 +109,7 @@ impl FileBody {
     }
 
     /// With `yes` (the request's [`crate::RequestCx::sendfile`]), regions already in the page
-    /// cache are not read at all: the body hands over [`crate::sendfile::unread`] bytes, which
+    /// cache and at least [`crate::sendfile::MIN_SLICE`] long are not read at all: the body hands over [`crate::sendfile::unread`] bytes, which
     /// the connection sends from the file. Only for a connection whose stream does that (plain
     /// HTTP/1.x): any other would have to read them back from the file one small piece at a
     /// time.

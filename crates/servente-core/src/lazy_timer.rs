@@ -53,21 +53,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_later_deadline_is_kept_and_an_earlier_one_cuts() {
+        let secs = Duration::from_secs;
         let mut timer = LazyTimer::default();
         let start = Instant::now();
-        // Armed at 10 s by its first use.
-        assert_eq!(timer.bound(start + Duration::from_secs(10), async { 1 }).await, Some(1));
-        // A later deadline: the timer fires early at 10 s, then waits on to 30 s.
-        let pending = std::future::pending::<()>();
-        assert_eq!(timer.bound(start + Duration::from_secs(30), pending).await, None);
-        assert_eq!(Instant::now(), start + Duration::from_secs(30));
-        // An earlier deadline than the armed one (40 s after that cut is 70 s; 5 s is earlier).
+        // The future waits, so the timer is made, armed at 10 s; the future wins.
+        assert_eq!(timer.bound(start + secs(10), tokio::time::sleep(secs(1))).await, Some(()));
+        // A later deadline leaves it armed at 10 s: it fires early, once, and waits on to 30 s.
+        assert_eq!(timer.bound(start + secs(30), std::future::pending::<()>()).await, None);
+        assert_eq!(Instant::now(), start + secs(30));
+        // Armed far out (at 130 s) ...
         let now = Instant::now();
-        let slow = tokio::time::sleep(Duration::from_secs(20));
-        assert_eq!(timer.bound(now + Duration::from_secs(5), slow).await, None);
-        assert_eq!(Instant::now(), now + Duration::from_secs(5));
-        // A future that finishes before the deadline wins.
-        let quick = tokio::time::sleep(Duration::from_secs(1));
-        assert_eq!(timer.bound(Instant::now() + Duration::from_secs(5), quick).await, Some(()));
+        assert_eq!(timer.bound(now + secs(100), tokio::time::sleep(secs(1))).await, Some(()));
+        // ... then an earlier deadline re-arms it at once: the cut comes at 5 s, not at 130 s.
+        let now = Instant::now();
+        assert_eq!(timer.bound(now + secs(5), std::future::pending::<()>()).await, None);
+        assert_eq!(Instant::now(), now + secs(5));
     }
 }

@@ -16,8 +16,8 @@
 //! servente's own uploads do, keep sending the old ones, since the open file is the old one.
 //!
 //! A body may go further and not read the bytes at all ([`unread`]): for a connection that is
-//! known to send files this way (plain HTTP/1.x), a file region that is all in the page cache
-//! is handed to hyper as bytes of a reserved, zero-filled address range, registered like any
+//! known to send files this way (plain HTTP/1.x), a file region of at least [`MIN_SLICE`] that
+//! is all in the page cache is handed to hyper as bytes of a reserved, zero-filled address range, registered like any
 //! mirror but marked unread. Here the file is the truth: such a slice is always sent from the
 //! file (by `sendfile`, or by reading it into a small buffer where `sendfile` cannot run, of
 //! any length), and a file that became shorter ends the connection rather than send zeros.
