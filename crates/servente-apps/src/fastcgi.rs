@@ -18,7 +18,7 @@ use http_body::{Body as _, Frame};
 use hyper::body::Incoming;
 use servente_config::FastCgi as FastCgiConfig;
 use servente_core::{Body, RequestCx, simple_response};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
 use crate::pool::Address;
 use crate::read_timeout::ReadTimeout;
@@ -274,7 +274,9 @@ impl FastCgiRoute {
     /// The CGI variables of a request, encoded as FCGI_PARAMS content. Written straight into
     /// one buffer: a request has some 30 of them, and building each as an owned string first
     /// showed as the largest item of the FastCGI path in profiles.
-    fn params(&self, req: &Request<Incoming>, script: &Script, cx: &RequestCx) -> Vec<u8> {
+    /// `length`: the body's length when it was read ahead (see [`Buffered`]); otherwise the
+    /// request's Content-Length goes as it is.
+    fn params(&self, req: &Request<Incoming>, script: &Script, cx: &RequestCx, length: Option<u64>) -> Vec<u8> {
         use std::fmt::Write as _;
         let mut out = Vec::with_capacity(1024);
         let mut put = |name: &str, value: &[u8]| encode_param(&mut out, name, value);
@@ -325,7 +327,14 @@ impl FastCgiRoute {
                 put("REMOTE_PORT", b"0");
             }
         }
-        put("CONTENT_LENGTH", text(header::CONTENT_LENGTH).unwrap_or("").as_bytes());
+        match length {
+            Some(n) => {
+                scratch.clear();
+                let _ = write!(scratch, "{n}");
+                put("CONTENT_LENGTH", scratch.as_bytes());
+            }
+            None => put("CONTENT_LENGTH", text(header::CONTENT_LENGTH).unwrap_or("").as_bytes()),
+        }
         put("CONTENT_TYPE", text(header::CONTENT_TYPE).unwrap_or("").as_bytes());
         // php-cgi refuses to run without it unless cgi.force_redirect is off.
         put("REDIRECT_STATUS", b"200");
@@ -389,8 +398,19 @@ impl FastCgiRoute {
         }
     }
 
-    async fn exchange(&self, req: Request<Incoming>, script: &Script, cx: &RequestCx) -> Result<Response<Body>, Failure> {
-        let params = self.params(&req, script, cx);
+    async fn exchange(&self, mut req: Request<Incoming>, script: &Script, cx: &RequestCx) -> Result<Response<Body>, Failure> {
+        // A body without a declared length (chunked HTTP/1.1, HTTP/2 DATA frames alone) is read
+        // first: applications take the body's length from CONTENT_LENGTH and see no body
+        // without it.
+        let bodiless = req.body().is_end_stream();
+        let mut buffered = None;
+        if !bodiless && !req.headers().contains_key(header::CONTENT_LENGTH) {
+            match Buffered::read(req.body_mut(), cx.max_body).await? {
+                Some(b) => buffered = Some(b),
+                None => return Ok(too_large()),
+            }
+        }
+        let params = self.params(&req, script, cx, buffered.as_ref().map(Buffered::len));
         let mut out = BytesMut::with_capacity(params.len() + 64);
         let mut begin = [0u8; 8];
         begin[..2].copy_from_slice(&RESPONDER.to_be_bytes());
@@ -402,7 +422,6 @@ impl FastCgiRoute {
         write_record(&mut out, PARAMS, &[]);
         // A request known to have no body (hyper says so from its framing, for HTTP/1.1 and
         // HTTP/2 alike) ends its STDIN at once: the whole request is one write.
-        let bodiless = req.body().is_end_stream();
         if bodiless {
             write_record(&mut out, STDIN, &[]);
         }
@@ -426,7 +445,9 @@ impl FastCgiRoute {
                 s
             }
         };
-        if !bodiless {
+        if let Some(body) = buffered {
+            body.send(self, &mut stream, &mut out).await?;
+        } else if !bodiless {
             // The request body, streamed as STDIN records, up to `limits.max_body_bytes`.
             let mut body = req.into_body();
             let mut left = cx.max_body;
@@ -505,6 +526,89 @@ impl From<String> for Failure {
 impl From<&str> for Failure {
     fn from(e: &str) -> Self {
         Failure::Other(e.to_string())
+    }
+}
+
+/// A request body read whole before its request goes out (see `exchange`): in memory up to
+/// [`Buffered::IN_MEMORY`], in an unnamed temporary file beyond, as nginx spills a request body
+/// past its buffer, so that large uploads of unknown length do not sit in memory.
+enum Buffered {
+    Memory(BytesMut),
+    File(tokio::fs::File, u64),
+}
+
+impl Buffered {
+    const IN_MEMORY: usize = 256 << 10;
+
+    /// The body, or None when it is longer than `max`.
+    async fn read(body: &mut Incoming, max: u64) -> Result<Option<Buffered>, Failure> {
+        let mut mem = BytesMut::new();
+        let mut file: Option<(tokio::fs::File, u64)> = None;
+        let spill = |e: io::Error| Failure::Other(format!("cannot keep the request body in a temporary file: {e}"));
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+            let frame = frame.map_err(|e| format!("the client's body broke off: {e}"))?;
+            let Some(data) = frame.data_ref() else { continue };
+            let total = file.as_ref().map_or(mem.len() as u64, |f| f.1) + data.len() as u64;
+            if total > max {
+                return Ok(None);
+            }
+            match &mut file {
+                Some((f, len)) => {
+                    f.write_all(data).await.map_err(spill)?;
+                    *len = total;
+                }
+                None if mem.len() + data.len() > Self::IN_MEMORY => {
+                    let std_file =
+                        tokio::task::spawn_blocking(tempfile::tempfile).await.map_err(|e| Failure::Other(e.to_string()))?.map_err(spill)?;
+                    let mut f = tokio::fs::File::from_std(std_file);
+                    f.write_all(&mem).await.map_err(spill)?;
+                    f.write_all(data).await.map_err(spill)?;
+                    mem = BytesMut::new();
+                    file = Some((f, total));
+                }
+                None => mem.extend_from_slice(data),
+            }
+        }
+        Ok(Some(match file {
+            Some((f, len)) => Buffered::File(f, len),
+            None => Buffered::Memory(mem),
+        }))
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Buffered::Memory(m) => m.len() as u64,
+            Buffered::File(_, len) => *len,
+        }
+    }
+
+    /// Sends the body as STDIN records, then the empty one that ends it.
+    async fn send(self, to: &FastCgiRoute, stream: &mut Box<dyn Stream>, out: &mut BytesMut) -> Result<(), Failure> {
+        match self {
+            Buffered::Memory(m) => {
+                out.clear();
+                write_stream(out, STDIN, &m);
+                to.send(stream, out).await?;
+            }
+            Buffered::File(mut f, len) => {
+                let reread = |e: io::Error| Failure::Other(format!("cannot read the request body back from its temporary file: {e}"));
+                f.flush().await.map_err(reread)?;
+                f.seek(io::SeekFrom::Start(0)).await.map_err(reread)?;
+                let mut left = len;
+                let mut buf = vec![0u8; MAX_CONTENT];
+                while left > 0 {
+                    let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    f.read_exact(&mut buf[..want]).await.map_err(reread)?;
+                    left -= want as u64;
+                    out.clear();
+                    write_record(out, STDIN, &buf[..want]);
+                    to.send(stream, out).await?;
+                }
+            }
+        }
+        out.clear();
+        write_record(out, STDIN, &[]);
+        to.send(stream, out).await
     }
 }
 

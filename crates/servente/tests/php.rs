@@ -302,3 +302,38 @@ fn kept_connections_survive_a_php_fpm_restart() {
         assert_eq!(r.status, 200, "request {i} after the restart: {}", r.text());
     }
 }
+
+/// A body without a declared length (chunked HTTP/1.1, HTTP/2 DATA frames without
+/// Content-Length) reaches the script whole and with its CONTENT_LENGTH, as behind nginx: small
+/// ones are read ahead in memory, large ones through a temporary file. Before, the script saw an
+/// empty body (chunked) or the request failed with 502 (HTTP/2).
+#[test]
+fn bodies_without_a_length_reach_the_script() {
+    let (fx, fpm) = fixture_with_fpm();
+    fx.write(
+        "root/body.php",
+        "<?php $in = file_get_contents('php://input'); echo 'len=', $_SERVER['CONTENT_LENGTH'], ' got=', strlen($in), ' md5=', md5($in), ' post=', json_encode($_POST), \"\\n\";\n",
+    );
+    let form = fx.write("form.txt", "a=1&b=two");
+    let big = fx.write("big.bin", noise(3 << 20, 7));
+    let huge = fx.write("huge.bin", noise(11 << 20, 8));
+    let server = fx.start(&php_config(&fpm.socket));
+    let url = format!("{}/body.php", server.url("web"));
+    let md5 = |p: &std::path::Path| {
+        let out = Command::new("md5sum").arg(p).output().expect("md5sum");
+        String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+    };
+    for (file, len, post) in [(&form, 9, r#"{"a":"1","b":"two"}"#), (&big, 3 << 20, "[]")] {
+        let want = format!("len={len} got={len} md5={} post={post}", md5(file));
+        let data = format!("@{}", file.display());
+        let content_type = if post == "[]" { "application/octet-stream" } else { "application/x-www-form-urlencoded" };
+        let ct = format!("Content-Type: {content_type}");
+        for how in [&["-H", "Transfer-Encoding: chunked"][..], &["--http2-prior-knowledge", "-H", "Content-Length:"][..]] {
+            let r = curl(&[how, &["-H", "Expect:", "-H", &ct, "--data-binary", &data, &url]].concat());
+            assert_eq!((r.status, r.text().trim()), (200, want.as_str()), "{how:?}");
+        }
+    }
+    // A body of unknown length past limits.max_body_bytes (10 MiB by default) is refused.
+    let r = curl(&["-H", "Transfer-Encoding: chunked", "-H", "Expect:", "--data-binary", &format!("@{}", huge.display()), &url]);
+    assert_eq!(r.status, 413, "{r:?}");
+}
