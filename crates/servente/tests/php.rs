@@ -26,7 +26,17 @@ struct Fpm {
 }
 
 impl Drop for Fpm {
+    /// SIGTERM first: php-fpm's master then stops its children. A SIGKILL alone left them
+    /// running (orphans waiting on a deleted socket), two more after every test.
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-s", "TERM", &self.child.id().to_string()]).stderr(Stdio::null()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
