@@ -451,20 +451,19 @@ impl FastCgiRoute {
             // The request body, streamed as STDIN records, up to `limits.max_body_bytes`.
             let mut body = req.into_body();
             let mut left = cx.max_body;
-            while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-                let frame = frame.map_err(|e| format!("the client's body broke off: {e}"))?;
-                if let Some(data) = frame.data_ref()
-                    && !data.is_empty()
-                {
-                    if data.len() as u64 > left {
-                        return Ok(too_large());
+            loop {
+                match next_data(&mut body, &mut left).await? {
+                    Next::Data(data) => {
+                        out.clear();
+                        write_stream(&mut out, STDIN, &data);
+                        self.send(&mut stream, &out).await?;
                     }
-                    left -= data.len() as u64;
-                    out.clear();
-                    write_stream(&mut out, STDIN, data);
-                    self.send(&mut stream, &out).await?;
+                    Next::End => break,
+                    Next::TooLarge => return Ok(too_large()),
                 }
             }
+        }
+        if !bodiless {
             out.clear();
             write_record(&mut out, STDIN, &[]);
             self.send(&mut stream, &out).await?;
@@ -545,16 +544,17 @@ impl Buffered {
         let mut mem = BytesMut::new();
         let mut file: Option<(tokio::fs::File, u64)> = None;
         let spill = |e: io::Error| Failure::Other(format!("cannot keep the request body in a temporary file: {e}"));
-        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
-            let frame = frame.map_err(|e| format!("the client's body broke off: {e}"))?;
-            let Some(data) = frame.data_ref() else { continue };
-            let total = file.as_ref().map_or(mem.len() as u64, |f| f.1) + data.len() as u64;
-            if total > max {
-                return Ok(None);
-            }
+        let mut left = max;
+        loop {
+            let data = match next_data(body, &mut left).await? {
+                Next::Data(data) => data,
+                Next::End => break,
+                Next::TooLarge => return Ok(None),
+            };
+            let total = max - left;
             match &mut file {
                 Some((f, len)) => {
-                    f.write_all(data).await.map_err(spill)?;
+                    f.write_all(&data).await.map_err(spill)?;
                     *len = total;
                 }
                 None if mem.len() + data.len() > Self::IN_MEMORY => {
@@ -562,11 +562,11 @@ impl Buffered {
                         tokio::task::spawn_blocking(tempfile::tempfile).await.map_err(|e| Failure::Other(e.to_string()))?.map_err(spill)?;
                     let mut f = tokio::fs::File::from_std(std_file);
                     f.write_all(&mem).await.map_err(spill)?;
-                    f.write_all(data).await.map_err(spill)?;
+                    f.write_all(&data).await.map_err(spill)?;
                     mem = BytesMut::new();
                     file = Some((f, total));
                 }
-                None => mem.extend_from_slice(data),
+                None => mem.extend_from_slice(&data),
             }
         }
         Ok(Some(match file {
@@ -582,7 +582,7 @@ impl Buffered {
         }
     }
 
-    /// Sends the body as STDIN records, then the empty one that ends it.
+    /// Sends the body as STDIN records (the caller sends the empty one that ends them).
     async fn send(self, to: &FastCgiRoute, stream: &mut Box<dyn Stream>, out: &mut BytesMut) -> Result<(), Failure> {
         match self {
             Buffered::Memory(m) => {
@@ -606,10 +606,33 @@ impl Buffered {
                 }
             }
         }
-        out.clear();
-        write_record(out, STDIN, &[]);
-        to.send(stream, out).await
+        Ok(())
     }
+}
+
+/// What [`next_data`] found.
+enum Next {
+    Data(Bytes),
+    End,
+    /// More than the bytes the body had left.
+    TooLarge,
+}
+
+/// The next data of a request body that may still bring `left` bytes (counted down).
+async fn next_data(body: &mut Incoming, left: &mut u64) -> Result<Next, Failure> {
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| format!("the client's body broke off: {e}"))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if data.is_empty() {
+            continue;
+        }
+        if data.len() as u64 > *left {
+            return Ok(Next::TooLarge);
+        }
+        *left -= data.len() as u64;
+        return Ok(Next::Data(data));
+    }
+    Ok(Next::End)
 }
 
 fn too_large() -> Response<Body> {

@@ -109,8 +109,8 @@ impl FileBody {
     }
 
     /// With `yes` (the request's [`crate::RequestCx::sendfile`]), regions already in the page
-    /// cache and at least [`crate::sendfile::MIN_SLICE`] long are not read at all: the body hands over [`crate::sendfile::unread`] bytes, which
-    /// the connection sends from the file. Only for a connection whose stream does that (plain
+    /// cache and at least [`crate::sendfile::MIN_SLICE`] long are not read at all: the body
+    /// hands over [`crate::sendfile::unread`] bytes, which the connection sends from the file. Only for a connection whose stream does that (plain
     /// HTTP/1.x): any other would have to read them back from the file one small piece at a
     /// time.
     pub fn unread_if(mut self, yes: bool) -> Self {
