@@ -129,9 +129,11 @@ pub struct Directory {
     store: Arc<dyn Store>,
     throttle: throttle::Throttle,
     settings: Settings,
-    /// Recently verified Basic credentials: SHA-256 of user and password to the account's
-    /// password hash at that time (salted, so any change of password or account changes it)
-    /// and when it was checked.
+    /// Recently used Basic credentials: SHA-256 of user and password to the account's
+    /// password hash when they were verified (salted, so any change of password changes it)
+    /// and when they were last used. An entry stays valid while it is used at least once per
+    /// [`BASIC_IDLE`]; before, it lapsed a minute after the check however busy the client was,
+    /// so a WebDAV client paid a full password hash (tens of milliseconds) every minute.
     basic_cache: dashmap::DashMap<String, (String, Instant)>,
     /// Recent successful sign-ins, by a hash of the credentials the request sent, with when
     /// they were checked and the store's change stamp at that moment. The same credentials are
@@ -141,6 +143,8 @@ pub struct Directory {
     recent: dashmap::DashMap<[u8; 32], (web::Authenticated, Instant, Option<u64>)>,
 }
 
+/// How long verified Basic credentials stay known without being used (see `basic_cache`).
+pub const BASIC_IDLE: Duration = Duration::from_secs(15 * 60);
 /// How long a sign-in is reused from memory while the store shows no change.
 pub const RECENT: Duration = Duration::from_secs(60);
 /// How long a sign-in is reused from memory when the store cannot tell whether it changed: a
@@ -476,17 +480,22 @@ impl Directory {
         }
         let key = secret::sha256_hex(&format!("{user}\0{password}"));
         if let Some(hit) = self.basic_cache.get(&key).map(|e| e.clone())
-            && hit.1.elapsed() < Duration::from_secs(60)
+            && hit.1.elapsed() < BASIC_IDLE
             && let Some(rec) = self.store.user(user)?
             && secret::constant_time_eq(&rec.password_hash, &hit.0)
             && !rec.user.disabled
         {
+            if hit.1.elapsed() >= RECENT
+                && let Some(mut e) = self.basic_cache.get_mut(&key)
+            {
+                e.1 = Instant::now();
+            }
             return Ok(self.principal(rec.user, Method::Password, None));
         }
         let p = self.login(user, password, client)?;
         if let Some(rec) = self.store.user(user)? {
             if self.basic_cache.len() > 10_000 {
-                self.basic_cache.retain(|_, e| e.1.elapsed() < Duration::from_secs(60));
+                self.basic_cache.retain(|_, e| e.1.elapsed() < BASIC_IDLE);
             }
             self.basic_cache.insert(key, (rec.password_hash, Instant::now()));
         }
@@ -775,6 +784,33 @@ mod tests {
         assert!(d.recent(&web::Credentials::Cookie(cookie.clone())).is_some());
         d.end_session(&cookie, &a).expect("sign out");
         assert!(sign_in(web::Credentials::Cookie(cookie)).is_err(), "a session ended is refused at once");
+    }
+
+    #[test]
+    fn basic_credentials_in_use_stay_known() {
+        let d = dir();
+        let a = Actor::cli();
+        d.add_user(&a, NewUser { name: "ivy".into(), password: Some("ivy-password".into()), ..Default::default() }).expect("user");
+        let logins = || d.store().audit_recent(100).expect("audit").iter().filter(|e| e.action == "login").count();
+        let backdate = |by: Duration| {
+            for mut e in d.basic_cache.iter_mut() {
+                e.1 = Instant::now().checked_sub(by).expect("an instant in the past");
+            }
+        };
+        d.verify_basic("ivy", "ivy-password", &local()).expect("first check hashes");
+        assert_eq!(logins(), 1);
+        // Used again after five minutes: known, no new hash, and the entry is fresh again.
+        backdate(Duration::from_secs(5 * 60));
+        d.verify_basic("ivy", "ivy-password", &local()).expect("known");
+        assert_eq!(logins(), 1, "no second password check");
+        assert!(d.basic_cache.iter().all(|e| e.1.elapsed() < RECENT), "use renews the entry");
+        // Unused for longer than BASIC_IDLE: checked in full again.
+        backdate(BASIC_IDLE + Duration::from_secs(1));
+        d.verify_basic("ivy", "ivy-password", &local()).expect("checked again");
+        assert_eq!(logins(), 2);
+        // A new password makes the known pair worthless at once.
+        d.set_password(&a, "ivy", Some("ivy-password-2".into())).expect("passwd");
+        assert!(d.verify_basic("ivy", "ivy-password", &local()).is_err());
     }
 
     #[test]
