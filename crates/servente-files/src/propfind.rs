@@ -1,24 +1,23 @@
 //! PROPFIND on real files and folders, Depth 0 and 1, answered by servente itself.
 //!
 //! Listing a folder is what WebDAV clients do most, and dav-server builds each entry through a
-//! generic XML tree (about 70 µs per entry here: 0.7 s for 10,000 files). This path stats the
-//! folder in one blocking call, reads the dead properties of all entries in one query and
-//! writes the XML as text: the same properties, values and ETags as dav-server. It steps aside
+//! generic XML tree (about 70 µs per entry here: 0.7 s for 10,000 files). This path reads the
+//! dead properties of all entries in one query and writes the XML as text: the same properties,
+//! values and ETags as dav-server. A large folder is read and statted in pieces of 256 entries,
+//! a few at once on the blocking pool, and streamed in order (see [`Pieces`]). It steps aside
 //! (returns `None`) for anything unusual: virtual folders, a lock that may be involved,
 //! `propname`, `include`, Microsoft or Apache properties, errors; dav-server answers those.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use dav_server::davpath::DavPath;
-use dav_server::fs::DavMetaData;
 use http::{HeaderValue, Response, StatusCode, header};
 use servente_core::Body;
 
 use crate::db::Prop;
-use crate::fs::{Caller, Kind, Node, StdMeta, Storage, key};
+use crate::fs::{Caller, Kind, Node, Storage, key};
 
 /// What the request body asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +29,7 @@ pub enum Want {
 
 const DAV: &str = "DAV:";
 
-/// Live properties of the DAV: namespace this path knows.
+/// Live properties of the DAV: namespace this path knows; RFC 4918's own come first.
 const LIVE: &[&str] = &[
     "creationdate",
     "getcontentlength",
@@ -45,6 +44,9 @@ const LIVE: &[&str] = &[
     "displayname",
     "getcontentlanguage",
 ];
+
+/// How many of [`LIVE`]'s first names allprop answers with.
+const ALLPROP: usize = 8;
 
 /// Reads a PROPFIND body: all properties, or the named ones; `None` for anything else
 /// (`propname`, `include`, not XML), which dav-server handles.
@@ -82,12 +84,11 @@ pub fn can_answer(want: &Want) -> bool {
 /// Dead properties by path.
 type DeadProps = HashMap<Vec<u8>, Vec<Prop>>;
 
-struct Entry {
-    /// Percent-encoded name, with a final `/` for folders; empty for the target itself.
-    href_tail: String,
-    meta: std::fs::Metadata,
-    key: Vec<u8>,
-}
+/// Entries per piece of the answer (about 100 to 180 KB of XML). A folder that fits in the
+/// first piece is answered whole, with a Content-Length; a larger one streams (chunked in
+/// HTTP/1.1): pieces are written on the blocking pool, a few at once and sent in order, so the
+/// client receives while servente still stats, and memory holds a few pieces, not the answer.
+const PIECE: usize = 256;
 
 /// The answer, or `None` to let dav-server answer. `href` is the request path as sent.
 pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, href: &str, depth1: bool, want: &Want) -> Option<Response<Body>> {
@@ -104,93 +105,426 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, href: &st
         Want::Named(n) => n.iter().any(|(ns, name)| ns != DAV || name == "displayname" || name == "getcontentlanguage"),
     };
     let st2 = st.clone();
-    // First the folder itself, the names in it and the dead properties, in one blocking call.
-    let dir = disk.clone();
-    let tk = target_key.clone();
-    let (meta, names, dead) = tokio::task::spawn_blocking(move || -> Option<(std::fs::Metadata, Vec<std::fs::DirEntry>, DeadProps)> {
-        let meta = std::fs::symlink_metadata(&dir).ok()?;
+    let href = href.to_string();
+    let want = want.clone();
+    // The target, the dead properties and the first names, in one blocking call; anything
+    // unexpected here (a link, an unreadable folder) leaves the answer to dav-server.
+    let (first, listing, batch) = tokio::task::spawn_blocking(move || -> Option<(String, Arc<Listing>, Option<Batch>)> {
+        let meta = std::fs::symlink_metadata(&disk).ok()?;
         if meta.file_type().is_symlink() {
             return None;
         }
-        let mut names = Vec::new();
+        let mut reader = Reader { dir: None, next: 0 };
         if depth1 && meta.is_dir() {
-            for e in std::fs::read_dir(&dir).ok()? {
-                // Kept as entries: their metadata is a stat relative to the open folder, not a
-                // walk of the whole path.
-                names.push(e.ok()?);
-            }
+            reader.dir = Some(rustix::fs::Dir::new(open_dir(&disk).ok()?).ok()?);
         }
+        let batch = reader.batch().ok()?;
         let mut dead = DeadProps::new();
         if need_dead {
-            for (path, prop) in st2.db.props_under(&tk, depth1).ok()? {
+            for (path, prop) in st2.db.props_under(&target_key, depth1).ok()? {
                 dead.entry(path).or_default().push(prop);
             }
         }
-        Some((meta, names, dead))
+        let base = if href.ends_with('/') || !meta.is_dir() { href } else { format!("{href}/") };
+        let btime = match &want {
+            Want::All => true,
+            Want::Named(n) => n.iter().any(|(ns, n)| ns == DAV && n == "creationdate"),
+        };
+        let mut listing = Listing { dir: disk, reader: std::sync::Mutex::new(reader), base, want, dead, home, key: target_key, btime };
+        let mut w = Writer::default();
+        // Room for the head and, for a small folder, its entries (about 400 to 700 bytes each).
+        let small = batch.as_ref().filter(|b| b.last).map_or(0, |b| b.ends.len());
+        let mut out = String::with_capacity(1024 + small * 800);
+        out.push_str("<?xml version=\"1.0\" encoding=\"utf-8\"?><D:multistatus xmlns:D=\"DAV:\">");
+        let own_name = listing.key.rsplit(|&b| b == b'/').next().unwrap_or_default();
+        let own_dead = listing.dead.get(&listing.key).map(Vec::as_slice).unwrap_or_default();
+        listing.write_response(&mut w, &mut out, "", own_name, &Facts::of_std(&meta), own_dead);
+        listing.key.push(b'/');
+        // A small folder is answered here, at once; a large one in pieces, from the first.
+        let batch = match batch {
+            Some(b) if b.last => {
+                listing.piece(&b, &mut w, &mut out).ok()?;
+                None
+            }
+            None => {
+                out.push_str("</D:multistatus>");
+                None
+            }
+            more => more,
+        };
+        Some((out, Arc::new(listing), batch))
     })
     .await
     .ok()??;
 
-    let base: Arc<str> = if href.ends_with('/') || !meta.is_dir() { href.into() } else { format!("{href}/").into() };
-    let want = Arc::new(want.clone());
-    let dead = Arc::new(dead);
-    let mut out = String::with_capacity(1024);
-    out.push_str("<?xml version=\"1.0\" encoding=\"utf-8\"?><D:multistatus xmlns:D=\"DAV:\">");
-    let me = Entry { href_tail: String::new(), meta, key: target_key.clone() };
-    write_response(&mut out, &base, &me, dead.get(&me.key).map(Vec::as_slice).unwrap_or(&[]), &want, home);
-    // Then the entries: stat and XML in parallel on the blocking pool, one part per core
-    // (a stat is a path lookup in the kernel; it is most of the work).
-    let parts = if names.len() >= 512 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4) } else { 1 };
-    let per = names.len().div_ceil(parts.max(1)).max(1);
-    let mut tasks = Vec::new();
-    let mut names = names;
-    while !names.is_empty() {
-        let rest = names.split_off(per.min(names.len()));
-        let chunk = std::mem::replace(&mut names, rest);
-        let (base, want, dead, tk) = (base.clone(), want.clone(), dead.clone(), target_key.clone());
-        tasks.push(tokio::task::spawn_blocking(move || {
-            let mut out = String::with_capacity(chunk.len() * 720);
-            let mut mime = MimeCache::default();
-            for entry in chunk {
-                let Ok(m) = entry.metadata() else { continue };
-                let name = entry.file_name();
-                if m.file_type().is_symlink() {
-                    continue;
-                }
-                let mut tail = percent_encoding::percent_encode(name.as_bytes(), SEGMENT).to_string();
-                if m.is_dir() {
-                    tail.push('/');
-                }
-                let mut k = tk.clone();
-                k.push(b'/');
-                k.extend_from_slice(name.as_bytes());
-                let e = Entry { href_tail: tail, meta: m, key: k };
-                mime.last = None;
-                write_response_with(&mut out, &base, &e, dead.get(&e.key).map(Vec::as_slice).unwrap_or(&[]), &want, home, &mut mime);
-            }
-            out
-        }));
-    }
-    let mut chunks = vec![bytes::Bytes::from(out)];
-    for t in tasks {
-        chunks.push(bytes::Bytes::from(t.await.ok()?));
-    }
-    chunks.push(bytes::Bytes::from_static(b"</D:multistatus>"));
-    let len: usize = chunks.iter().map(|c| c.len()).sum();
-    let frames = futures_util::stream::iter(chunks.into_iter().map(|c| Ok::<_, std::io::Error>(http_body::Frame::data(c))));
-    let mut r = Response::new(Body::stream(http_body_util::StreamBody::new(frames)));
+    let mut r = match batch {
+        None => {
+            let len = first.len();
+            let mut r = Response::new(Body::full(first));
+            r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            r
+        }
+        Some(batch) => {
+            use futures_util::StreamExt as _;
+            // (Asked once: std reads the cgroup's CPU quota from /proc and /sys at every call.)
+            static AHEAD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+            let ahead = *AHEAD.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4));
+            let mut pieces = Pieces {
+                listing,
+                first: Some(batch),
+                running: futures_util::stream::FuturesUnordered::new(),
+                ready: std::collections::BTreeMap::new(),
+                next_out: 0,
+                ended: false,
+                finished: false,
+                ahead,
+            };
+            pieces.top_up();
+            let rest = futures_util::stream::unfold(pieces, |mut pieces| async move {
+                let piece = pieces.next().await?;
+                Some((piece.map(http_body::Frame::data), pieces))
+            });
+            let first = futures_util::stream::iter([Ok::<_, std::io::Error>(http_body::Frame::data(bytes::Bytes::from(first)))]);
+            Response::new(Body::stream(http_body_util::StreamBody::new(first.chain(rest))))
+        }
+    };
     *r.status_mut() = StatusCode::MULTI_STATUS;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml; charset=utf-8"));
-    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Some(r)
+}
+
+/// Some names of a folder, each with its final NUL, one after the other, and the number of
+/// their piece of the answer.
+struct Batch {
+    n: usize,
+    bytes: Vec<u8>,
+    /// Where each name ends (after its NUL).
+    ends: Vec<usize>,
+    /// Whether the folder has no names after these.
+    last: bool,
+}
+
+impl Batch {
+    fn names(&self) -> impl Iterator<Item = &std::ffi::CStr> {
+        self.ends.iter().scan(0, |start, &end| {
+            let name = std::ffi::CStr::from_bytes_with_nul(&self.bytes[*start..end]).unwrap_or_default();
+            *start = end;
+            Some(name)
+        })
+    }
+}
+
+/// Reads a folder's names for the pieces, one batch each, in order.
+struct Reader {
+    /// `None` once the end was reached (or for a target that is not listed).
+    dir: Option<rustix::fs::Dir>,
+    next: usize,
+}
+
+impl Reader {
+    /// The next [`PIECE`] names but `.`, `..` and symbolic links (which WebDAV does not show);
+    /// `None` after the last batch.
+    fn batch(&mut self) -> std::io::Result<Option<Batch>> {
+        let Some(dir) = self.dir.as_mut() else { return Ok(None) };
+        let mut b = Batch { n: self.next, bytes: Vec::with_capacity(PIECE * 16), ends: Vec::with_capacity(PIECE), last: false };
+        self.next += 1;
+        while b.ends.len() < PIECE {
+            let Some(entry) = dir.read() else {
+                b.last = true;
+                self.dir = None;
+                break;
+            };
+            let entry = entry?;
+            let name = entry.file_name().to_bytes_with_nul();
+            if matches!(name, b".\0" | b"..\0") || entry.file_type() == rustix::fs::FileType::Symlink {
+                continue;
+            }
+            b.bytes.extend_from_slice(name);
+            b.ends.push(b.bytes.len());
+        }
+        Ok(Some(b))
+    }
+}
+
+type PieceJob = tokio::task::JoinHandle<std::io::Result<Option<(usize, String, bool)>>>;
+
+/// A large folder's listing after its head: pieces written on the blocking pool, a few at once,
+/// each reading its batch of names then statting them, and sent in order. A client that stops
+/// reading stops the listing, holding no thread.
+struct Pieces {
+    listing: Arc<Listing>,
+    /// The batch read with the head, for the first job.
+    first: Option<Batch>,
+    running: futures_util::stream::FuturesUnordered<PieceJob>,
+    /// Pieces written but not yet due, by number.
+    ready: std::collections::BTreeMap<usize, (String, bool)>,
+    next_out: usize,
+    /// No more jobs to start: one has read the last names.
+    ended: bool,
+    /// The last piece was sent (or the listing failed).
+    finished: bool,
+    ahead: usize,
+}
+
+impl Pieces {
+    fn top_up(&mut self) {
+        while !self.ended && self.running.len() + self.ready.len() < self.ahead {
+            let listing = self.listing.clone();
+            let first = self.first.take();
+            self.running.push(tokio::task::spawn_blocking(move || {
+                let batch = match first {
+                    Some(b) => b,
+                    None => match listing.reader.lock().map_err(|_| std::io::Error::other("folder reader poisoned"))?.batch()? {
+                        Some(b) => b,
+                        None => return Ok(None),
+                    },
+                };
+                let mut out = String::with_capacity(batch.ends.len() * 800 + 32);
+                listing.piece(&batch, &mut Writer::default(), &mut out)?;
+                Ok(Some((batch.n, out, batch.last)))
+            }));
+        }
+    }
+
+    /// The next piece due, or the error that ends the answer (the client sees it cut short).
+    async fn next(&mut self) -> Option<std::io::Result<bytes::Bytes>> {
+        use futures_util::StreamExt as _;
+        loop {
+            if self.finished {
+                return None;
+            }
+            if let Some((piece, last)) = self.ready.remove(&self.next_out) {
+                self.next_out += 1;
+                self.finished = last;
+                self.top_up();
+                return Some(Ok(bytes::Bytes::from(piece)));
+            }
+            let failed = match self.running.next().await {
+                Some(Ok(Ok(Some((n, piece, last))))) => {
+                    self.ended |= last;
+                    self.ready.insert(n, (piece, last));
+                    self.top_up();
+                    continue;
+                }
+                Some(Ok(Ok(None))) => {
+                    self.ended = true;
+                    continue;
+                }
+                Some(Ok(Err(e))) => e,
+                Some(Err(e)) => std::io::Error::other(e),
+                None => std::io::Error::other("the folder listing stopped before its end"),
+            };
+            self.finished = true;
+            return Some(Err(failed));
+        }
+    }
+}
+
+fn open_dir(dir: &std::path::Path) -> std::io::Result<rustix::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?)
+}
+
+/// A folder being listed: what every response needs, shared by the pieces.
+struct Listing {
+    dir: std::path::PathBuf,
+    reader: std::sync::Mutex<Reader>,
+    /// The request path, ending in `/` for a folder.
+    base: String,
+    want: Want,
+    dead: DeadProps,
+    home: Option<(u64, Option<u64>)>,
+    /// The target's key and `/` (an entry's key is this and its name).
+    key: Vec<u8>,
+    /// Whether creation dates are asked for (the only property that needs `STATX_BTIME`).
+    btime: bool,
+}
+
+/// What one piece's writer keeps from entry to entry.
+#[derive(Default)]
+struct Writer {
+    mime: MimeCache,
+    dates: Dates,
+    key: Vec<u8>,
+    tail: String,
+}
+
+impl Listing {
+    /// Writes the responses of a batch's entries into `out`, and the closing tag after the
+    /// last batch. Each piece opens the folder for itself, so that pieces written at once on
+    /// several threads do not share (and bounce between cores) one open file.
+    fn piece(&self, batch: &Batch, w: &mut Writer, out: &mut String) -> std::io::Result<()> {
+        use rustix::fs::{AtFlags, FileType, StatxFlags};
+        if !batch.ends.is_empty() {
+            let fd = open_dir(&self.dir)?;
+            let mut mask = StatxFlags::TYPE | StatxFlags::MODE | StatxFlags::INO | StatxFlags::SIZE | StatxFlags::MTIME;
+            if self.btime {
+                mask |= StatxFlags::BTIME;
+            }
+            for name in batch.names() {
+                // The entry may be gone by now (deleted since the folder was read): left out.
+                let Ok(stx) = rustix::fs::statx(&fd, name, AtFlags::SYMLINK_NOFOLLOW, mask) else { continue };
+                if FileType::from_raw_mode(stx.stx_mode.into()) == FileType::Symlink {
+                    continue;
+                }
+                let facts = Facts::of_statx(&stx);
+                let name = name.to_bytes();
+                let mut tail = std::mem::take(&mut w.tail);
+                tail.clear();
+                let _ = write!(tail, "{}", percent_encoding::percent_encode(name, SEGMENT));
+                if facts.dir {
+                    tail.push('/');
+                }
+                let dead = if self.dead.is_empty() {
+                    None
+                } else {
+                    w.key.clear();
+                    w.key.extend_from_slice(&self.key);
+                    w.key.extend_from_slice(name);
+                    self.dead.get(&w.key)
+                };
+                self.write_response(w, out, &tail, name, &facts, dead.map(Vec::as_slice).unwrap_or_default());
+                w.tail = tail;
+            }
+        }
+        if batch.last {
+            out.push_str("</D:multistatus>");
+        }
+        Ok(())
+    }
+
+    /// One `<D:response>`: `tail` is the percent-encoded name after the base (with a `/` for a
+    /// folder; empty for the target itself), `name` the raw one (for the media type).
+    fn write_response(&self, w: &mut Writer, out: &mut String, tail: &str, name: &[u8], facts: &Facts, dead: &[Prop]) {
+        let file_name = std::str::from_utf8(name).unwrap_or("");
+        let _ = write!(out, "<D:response><D:href>{}{tail}</D:href>", self.base);
+        let ok_start = out.len();
+        out.push_str("<D:propstat><D:prop>");
+        let props_start = out.len();
+        let mut missing: Vec<(&str, &str)> = Vec::new();
+        match &self.want {
+            Want::All => {
+                // allprop: the live properties RFC 4918 defines (the first eight of LIVE).
+                for name in &LIVE[..ALLPROP] {
+                    live(name, facts, file_name, self.home, w, out);
+                }
+                for (_, _, xml) in dead {
+                    out.push_str(dead_xml(xml));
+                }
+            }
+            Want::Named(names) => {
+                for (ns, name) in names {
+                    let found = (ns == DAV && live(name, facts, file_name, self.home, w, out))
+                        || match dead.iter().find(|(dns, dname, _)| dns == ns && dname == name) {
+                            Some((_, _, xml)) => {
+                                out.push_str(dead_xml(xml));
+                                true
+                            }
+                            None => false,
+                        };
+                    if !found {
+                        missing.push((ns, name));
+                    }
+                }
+            }
+        }
+        if out.len() == props_start {
+            // Nothing found: no empty 200 propstat.
+            out.truncate(ok_start);
+        } else {
+            out.push_str("</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat>");
+        }
+        if !missing.is_empty() {
+            out.push_str("<D:propstat><D:prop>");
+            for (i, (ns, name)) in missing.iter().enumerate() {
+                if *ns == DAV {
+                    let _ = write!(out, "<D:{name}/>");
+                } else if ns.is_empty() {
+                    let _ = write!(out, "<{name} xmlns=\"\"/>");
+                } else {
+                    let _ = write!(out, "<N{i}:{name} xmlns:N{i}=\"{}\"/>", crate::share::escape(ns));
+                }
+            }
+            out.push_str("</D:prop><D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>");
+        }
+        out.push_str("</D:response>");
+    }
+}
+
+/// What a response says about one resource, from `statx` (entries) or std's metadata (the
+/// target). Times are (seconds, nanoseconds) since the epoch.
+struct Facts {
+    dir: bool,
+    len: u64,
+    ino: u64,
+    modified: Option<(i64, u32)>,
+    created: Option<(i64, u32)>,
+}
+
+impl Facts {
+    fn of_std(m: &std::fs::Metadata) -> Facts {
+        use std::os::unix::fs::MetadataExt;
+        let since = |t: std::io::Result<std::time::SystemTime>| {
+            let d = t.ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+            Some((i64::try_from(d.as_secs()).ok()?, d.subsec_nanos()))
+        };
+        Facts { dir: m.is_dir(), len: m.len(), ino: m.ino(), modified: since(m.modified()), created: since(m.created()) }
+    }
+
+    fn of_statx(s: &rustix::fs::Statx) -> Facts {
+        use rustix::fs::StatxFlags;
+        let has = |f: StatxFlags| s.stx_mask & f.bits() != 0;
+        let time = |t: &rustix::fs::StatxTimestamp| (t.tv_sec >= 0).then_some((t.tv_sec, t.tv_nsec));
+        Facts {
+            dir: rustix::fs::FileType::from_raw_mode(s.stx_mode.into()) == rustix::fs::FileType::Directory,
+            len: s.stx_size,
+            ino: s.stx_ino,
+            modified: if has(StatxFlags::MTIME) { time(&s.stx_mtime) } else { None },
+            created: if has(StatxFlags::BTIME) { time(&s.stx_btime) } else { None },
+        }
+    }
+}
+
+/// Dates formatted once per second of time seen: the files of a folder often share them.
+#[derive(Default)]
+struct Dates {
+    http: (i64, String),
+    iso: (i64, String),
+}
+
+impl Dates {
+    /// RFC 7231 date (getlastmodified); `None` outside what HTTP dates can say.
+    fn http(&mut self, secs: i64) -> Option<&str> {
+        // httpdate formats years 1970 to 9999 only.
+        if !(0..253_402_300_800).contains(&secs) {
+            return None;
+        }
+        if self.http.1.is_empty() || self.http.0 != secs {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+            self.http.1.clear();
+            let _ = write!(self.http.1, "{}", httpdate::HttpDate::from(t));
+            self.http.0 = secs;
+        }
+        Some(&self.http.1)
+    }
+
+    /// RFC 3339 date (creationdate).
+    fn iso(&mut self, secs: i64) -> Option<&str> {
+        if self.iso.1.is_empty() || self.iso.0 != secs {
+            let t = chrono::DateTime::<chrono::Utc>::from_timestamp(secs, 0)?;
+            self.iso.1.clear();
+            let _ = write!(self.iso.1, "{}", t.format("%Y-%m-%dT%H:%M:%SZ"));
+            self.iso.0 = secs;
+        }
+        Some(&self.iso.1)
+    }
 }
 
 /// Media types by extension, remembered for one listing (folders hold many files of a kind).
 #[derive(Default)]
 struct MimeCache {
     map: HashMap<String, &'static str>,
-    last: Option<&'static str>,
 }
 
 impl MimeCache {
@@ -212,43 +546,48 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
 
 const SUPPORTED_LOCK: &str = "<D:supportedlock><D:lockentry><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry><D:lockentry><D:lockscope><D:shared/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry></D:supportedlock>";
 
-/// The value of a live property, as its whole element; `None` when this resource has none.
-fn live(name: &str, meta: &StdMeta, file_name: &str, home: Option<(u64, Option<u64>)>, mime: &mut MimeCache, out: &mut String) -> bool {
-    let is_dir = meta.is_dir();
+/// Writes a live property as its whole element; false when this resource has none. The ETag
+/// is the one `StdMeta` gives dav-server (inode, length for files, modification time in µs).
+fn live(name: &str, f: &Facts, file_name: &str, home: Option<(u64, Option<u64>)>, w: &mut Writer, out: &mut String) -> bool {
+    let Writer { mime, dates, .. } = w;
     match name {
-        "creationdate" => match meta.created() {
-            Ok(t) => {
-                let t: chrono::DateTime<chrono::Utc> = t.into();
-                let _ = write!(out, "<D:creationdate>{}</D:creationdate>", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-            }
-            Err(_) => return false,
-        },
-        "getcontentlength" if !is_dir => {
-            let _ = write!(out, "<D:getcontentlength>{}</D:getcontentlength>", meta.len());
-        }
-        "getcontenttype" => {
-            let t = if is_dir { "httpd/unix-directory" } else { mime.get(file_name) };
-            let _ = write!(out, "<D:getcontenttype>{t}</D:getcontenttype>");
-        }
-        "getetag" => match meta.etag() {
-            Some(tag) => {
-                let _ = write!(out, "<D:getetag>{tag}</D:getetag>");
+        "creationdate" => match f.created.and_then(|(s, _)| dates.iso(s)) {
+            Some(d) => {
+                let _ = write!(out, "<D:creationdate>{d}</D:creationdate>");
             }
             None => return false,
         },
-        "getlastmodified" => match meta.modified() {
-            Ok(t) => {
-                let _ = write!(out, "<D:getlastmodified>{}</D:getlastmodified>", httpdate::fmt_http_date(t));
+        "getcontentlength" if !f.dir => {
+            let _ = write!(out, "<D:getcontentlength>{}</D:getcontentlength>", f.len);
+        }
+        "getcontenttype" => {
+            let t = if f.dir { "httpd/unix-directory" } else { mime.get(file_name) };
+            let _ = write!(out, "<D:getcontenttype>{t}</D:getcontenttype>");
+        }
+        "getetag" => match f.modified {
+            Some((s, ns)) => {
+                let micros = (s as u64) * 1_000_000 + u64::from(ns) / 1000;
+                if f.dir {
+                    let _ = write!(out, "<D:getetag>{:x}-{micros:x}</D:getetag>", f.ino);
+                } else {
+                    let _ = write!(out, "<D:getetag>{:x}-{:x}-{micros:x}</D:getetag>", f.ino, f.len);
+                }
             }
-            Err(_) => return false,
+            None => return false,
+        },
+        "getlastmodified" => match f.modified.and_then(|(s, _)| dates.http(s)) {
+            Some(d) => {
+                let _ = write!(out, "<D:getlastmodified>{d}</D:getlastmodified>");
+            }
+            None => return false,
         },
         "lockdiscovery" => out.push_str("<D:lockdiscovery/>"),
-        "resourcetype" => out.push_str(if is_dir { "<D:resourcetype><D:collection/></D:resourcetype>" } else { "<D:resourcetype/>" }),
+        "resourcetype" => out.push_str(if f.dir { "<D:resourcetype><D:collection/></D:resourcetype>" } else { "<D:resourcetype/>" }),
         "supportedlock" => out.push_str(SUPPORTED_LOCK),
-        "quota-used-bytes" if is_dir && home.is_some() => {
+        "quota-used-bytes" if f.dir && home.is_some() => {
             let _ = write!(out, "<D:quota-used-bytes>{}</D:quota-used-bytes>", home.map(|h| h.0).unwrap_or(0));
         }
-        "quota-available-bytes" if is_dir => match home {
+        "quota-available-bytes" if f.dir => match home {
             Some((used, Some(q))) => {
                 let _ = write!(out, "<D:quota-available-bytes>{}</D:quota-available-bytes>", q.saturating_sub(used));
             }
@@ -266,83 +605,6 @@ fn dead_xml(xml: &[u8]) -> &str {
         Some(rest) => rest.split_once("?>").map(|(_, e)| e).unwrap_or(""),
         None => s,
     }
-}
-
-fn write_response(out: &mut String, base: &str, e: &Entry, dead: &[Prop], want: &Want, home: Option<(u64, Option<u64>)>) {
-    write_response_with(out, base, e, dead, want, home, &mut MimeCache::default());
-}
-
-fn write_response_with(
-    out: &mut String,
-    base: &str,
-    e: &Entry,
-    dead: &[Prop],
-    want: &Want,
-    home: Option<(u64, Option<u64>)>,
-    mime: &mut MimeCache,
-) {
-    let meta = StdMeta(e.meta.clone());
-    let meta = &meta;
-    let file_name = e.key.rsplit(|&b| b == b'/').next().map(|n| std::str::from_utf8(n).unwrap_or("")).unwrap_or("");
-    let _ = write!(out, "<D:response><D:href>{base}{}</D:href>", e.href_tail);
-    let ok_start = out.len();
-    out.push_str("<D:propstat><D:prop>");
-    let props_start = out.len();
-    let mut missing: Vec<(&str, &str)> = Vec::new();
-    match want {
-        Want::All => {
-            for name in [
-                "creationdate",
-                "getcontentlength",
-                "getcontenttype",
-                "getetag",
-                "getlastmodified",
-                "lockdiscovery",
-                "resourcetype",
-                "supportedlock",
-            ] {
-                live(name, meta, file_name, home, mime, out);
-            }
-            for (_, _, xml) in dead {
-                out.push_str(dead_xml(xml));
-            }
-        }
-        Want::Named(names) => {
-            for (ns, name) in names {
-                let found = (ns == DAV && live(name, meta, file_name, home, mime, out))
-                    || match dead.iter().find(|(dns, dname, _)| dns == ns && dname == name) {
-                        Some((_, _, xml)) => {
-                            out.push_str(dead_xml(xml));
-                            true
-                        }
-                        None => false,
-                    };
-                if !found {
-                    missing.push((ns, name));
-                }
-            }
-        }
-    }
-    if out.len() == props_start {
-        // Nothing found: no empty 200 propstat.
-        out.truncate(ok_start);
-    } else {
-        out.push_str("</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat>");
-    }
-    if !missing.is_empty() {
-        out.push_str("<D:propstat><D:prop>");
-        for (i, (ns, name)) in missing.iter().enumerate() {
-            if *ns == DAV {
-                let _ = write!(out, "<D:{name}/>");
-            } else if ns.is_empty() {
-                let _ = write!(out, "<{name} xmlns=\"\"/>");
-            } else {
-                let _ = write!(out, "<N{i}:{name} xmlns:N{i}=\"{}\"/>", crate::share::escape(ns));
-            }
-        }
-        out.push_str("</D:prop><D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>");
-    }
-    out.push_str("</D:response>");
 }
 
 #[cfg(test)]
@@ -365,6 +627,29 @@ mod tests {
         assert!(ms.as_ref().is_some_and(|w| !can_answer(w)), "Microsoft properties are left to dav-server");
         assert!(can_answer(&Want::All));
         assert_eq!(parse(b"<not xml"), None);
+    }
+
+    #[test]
+    fn folders_are_read_in_batches_of_a_piece() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        for i in 0..2 * PIECE {
+            std::fs::write(tmp.path().join(format!("f{i}")), b"").expect("file");
+        }
+        std::os::unix::fs::symlink("f0", tmp.path().join("link")).expect("symlink");
+        let dir = rustix::fs::Dir::new(open_dir(tmp.path()).expect("open")).expect("dir");
+        let mut reader = Reader { dir: Some(dir), next: 0 };
+        let mut names = std::collections::HashSet::new();
+        let mut batches = Vec::new();
+        while let Some(b) = reader.batch().expect("batch") {
+            for n in b.names() {
+                assert!(names.insert(n.to_str().expect("name").to_string()), "{n:?} twice");
+            }
+            batches.push((b.n, b.ends.len(), b.last));
+        }
+        // Two full batches, then the end found on its own: an empty last batch.
+        assert_eq!(batches, [(0, PIECE, false), (1, PIECE, false), (2, 0, true)]);
+        assert_eq!(names.len(), 2 * PIECE, "every file, no link, no . or ..");
+        assert!(!names.contains("link"));
     }
 
     #[test]

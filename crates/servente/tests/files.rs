@@ -892,6 +892,72 @@ fn concurrent_puts_share_the_quota() {
     );
 }
 
+/// A folder larger than one piece of servente's own PROPFIND answer (256 entries) is read and
+/// statted in pieces, several at once, and streamed in order. Every entry must come exactly once,
+/// in well-formed XML, with its own length and dead property, links left out; also when the
+/// folder holds an exact multiple of a piece (the last piece is then empty but for the closing
+/// tag). A small folder is answered whole, with its length.
+#[test]
+fn large_folder_listings_stream_every_entry_once() {
+    let dav = Dav::start("");
+    dav.mkcol_ok(ALICE, "/users/alice/big/");
+    dav.mkcol_ok(ALICE, "/users/alice/big/sub/");
+    let dir = dav.disk("users/alice/big");
+    let name = |i: usize| format!("f {i} é.txt");
+    let href = |i: usize| format!("/files/dav/users/alice/big/f%20{i}%20%C3%A9.txt");
+    std::os::unix::fs::symlink("/etc/hostname", dir.join("link")).expect("symlink");
+    let allprop = "<?xml version=\"1.0\"?><D:propfind xmlns:D=\"DAV:\"><D:allprop/></D:propfind>";
+    let named =
+        "<?xml version=\"1.0\"?><D:propfind xmlns:D=\"DAV:\"><D:prop><D:getcontentlength/><Z:tag xmlns:Z=\"urn:x\"/></D:prop></D:propfind>";
+    // 511 files and `sub/`: 512 entries, two full pieces. Then 800 files and `sub/`.
+    for files in [511, 800] {
+        for i in 0..files {
+            std::fs::write(dir.join(name(i)), "x".repeat(i)).expect("write a file");
+        }
+        let r = dav.call(
+            ALICE,
+            "PROPPATCH",
+            "/users/alice/big/f%207%20%C3%A9.txt",
+            &["--data-binary", &proppatch_body("urn:x", "tag", "seven")],
+        );
+        assert_eq!(r.status, 207, "PROPPATCH: {}", r.text());
+        for body in [allprop, named] {
+            let r = dav.propfind(ALICE, "/users/alice/big/", "1", Some(body));
+            expect(&r, 207, "PROPFIND Depth 1 of a large folder");
+            assert!(r.header("content-length").is_none(), "a large listing streams: {:?}", r.headers);
+            let xml = r.text();
+            let parsed = run(
+                Command::new("python3").args(["-c", "import sys, xml.dom.minidom as m; m.parseString(sys.stdin.buffer.read())"]),
+                Some(xml.as_bytes().to_vec()),
+                Duration::from_secs(30),
+            );
+            assert!(parsed.status.success(), "the answer is not well-formed XML: {}", String::from_utf8_lossy(&parsed.stderr));
+            assert_eq!(xml.matches("</D:multistatus>").count(), 1);
+            let responses = responses(&xml);
+            assert_eq!(responses.len(), files + 2, "the folder, its files and sub/; not the link");
+            let mut seen = std::collections::HashMap::new();
+            for (h, chunk) in &responses {
+                assert!(seen.insert(h.clone(), chunk.clone()).is_none(), "{h} is listed twice");
+            }
+            assert!(seen.contains_key("/files/dav/users/alice/big/"));
+            assert!(seen.contains_key("/files/dav/users/alice/big/sub/"));
+            assert!(!seen.keys().any(|h| h.ends_with("/link")), "links are not shown");
+            for i in 0..files {
+                let chunk = seen.get(&href(i)).unwrap_or_else(|| panic!("{} is missing (of {files})", href(i)));
+                assert_eq!(dav_prop(chunk, "getcontentlength"), Some(i.to_string()), "length of {}", href(i));
+                assert_eq!(chunk.contains(">seven</"), i == 7, "the dead property belongs to f 7 only: {chunk}");
+                if body == named && i != 7 {
+                    assert!(chunk.contains("404 Not Found"), "a missing dead property is reported: {chunk}");
+                }
+            }
+        }
+    }
+    // A small folder: whole, with its length.
+    let r = dav.propfind(ALICE, "/users/alice/big/sub/", "1", Some(allprop));
+    expect(&r, 207, "PROPFIND Depth 1 of a small folder");
+    assert_eq!(r.header("content-length"), Some(r.body.len().to_string().as_str()));
+}
+
 /// RFC 4331 properties exist where a quota applies: a home's folders. On a file in a home they
 /// are either absent (404) or the home's values; on a group folder (no quota) absent or its
 /// real usage. (Until servente answered PROPFIND itself, a file reported its own size as
