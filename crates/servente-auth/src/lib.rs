@@ -138,8 +138,9 @@ pub struct Directory {
     /// Recent successful sign-ins, by a hash of the credentials the request sent, with when
     /// they were checked and the store's change stamp at that moment. The same credentials are
     /// let in again from memory (without a store lookup, so without leaving the connection's
-    /// thread) while the store is unchanged, for up to [`RECENT`]; a store that cannot tell
-    /// when it changed gets [`RECENT_BLIND`]. Every change this directory makes also empties it.
+    /// thread) while the store is unchanged, for up to [`RECENT`] after the check, or after
+    /// the last use for a password or session; a store that cannot tell when it changed gets
+    /// [`RECENT_BLIND`]. Every change this directory makes also empties it.
     recent: dashmap::DashMap<[u8; 32], (web::Authenticated, Instant, Option<u64>)>,
 }
 
@@ -528,14 +529,25 @@ impl Directory {
         let key = recent_key(creds)?;
         let entry = self.recent.get(&key)?;
         let (who, at, stamp) = &*entry;
+        let age = at.elapsed();
         let fresh = match stamp {
-            Some(s) => at.elapsed() < RECENT && self.store.change_stamp() == Some(*s),
-            None => at.elapsed() < RECENT_BLIND,
+            Some(s) => age < RECENT && self.store.change_stamp() == Some(*s),
+            None => age < RECENT_BLIND,
         };
         if !fresh || who.session.as_ref().is_some_and(|s| s.expires <= unix_now()) {
             return None;
         }
-        Some(who.clone())
+        let who = who.clone();
+        // In use while the store is unchanged: kept for another RECENT (renewed now and then,
+        // not at every request), so a busy client does not go back to the store every minute.
+        // Not a token's: its expiry is only checked in the store.
+        if stamp.is_some() && age >= RECENT / 2 && who.principal.method != Method::Token {
+            drop(entry);
+            if let Some(mut e) = self.recent.get_mut(&key) {
+                e.1 = Instant::now();
+            }
+        }
+        Some(who)
     }
 
     /// The store's change stamp, read before a sign-in is checked and handed to
@@ -811,6 +823,33 @@ mod tests {
         // A new password makes the known pair worthless at once.
         d.set_password(&a, "ivy", Some("ivy-password-2".into())).expect("passwd");
         assert!(d.verify_basic("ivy", "ivy-password", &local()).is_err());
+    }
+
+    #[test]
+    fn sign_ins_in_use_are_renewed_but_not_tokens() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let d = Arc::new(Directory::open(tmp.path(), Settings::default()).expect("store"));
+        let a = Actor::cli();
+        d.add_user(&a, NewUser { name: "hal".into(), password: Some("hal-password".into()), ..Default::default() }).expect("user");
+        let (_, token) = d.create_token(&a, "hal", "t", &["user".into()], None).expect("token");
+        let basic = web::Credentials::Basic { user: "hal".into(), password: "hal-password".into() };
+        let bearer = web::Credentials::Bearer(token);
+        let age = |c: &web::Credentials| d.recent.get(&recent_key(c).expect("key")).map(|e| e.1.elapsed()).expect("remembered");
+        let backdate = |c: &web::Credentials, by: Duration| {
+            if let Some(mut e) = d.recent.get_mut(&recent_key(c).expect("key")) {
+                e.1 = Instant::now().checked_sub(by).expect("an instant in the past");
+            }
+        };
+        for c in [&basic, &bearer] {
+            rt.block_on(web::authenticate(&d, c.clone(), &local(), false)).expect("signs in").expect("a principal");
+            backdate(c, RECENT - Duration::from_secs(5));
+            assert!(d.recent(c).is_some(), "still fresh");
+        }
+        assert!(age(&basic) < RECENT / 2, "a password sign-in in use is renewed");
+        assert!(age(&bearer) >= RECENT / 2, "a token's is not (its expiry lives in the store)");
+        backdate(&basic, RECENT + Duration::from_secs(1));
+        assert!(d.recent(&basic).is_none(), "unused for RECENT: checked again");
     }
 
     #[test]

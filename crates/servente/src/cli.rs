@@ -289,9 +289,16 @@ fn serve(args: ServeArgs) -> ExitCode {
     })
 }
 
+/// How long an idle thread of a runtime's blocking pool (file writes, fsync, directory lookups)
+/// waits for more work before it exits. With tokio's default, 10 s, a client that comes back
+/// after a pause (a WebDAV client, a sync tool) waited for a new thread, its stack and its heap
+/// to be set up again.
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(120);
+
 /// One multi-threaded runtime: connections move between threads as work is stolen.
 fn serve_shared(source: Source, config: (Config, String), threads: usize) -> std::io::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(threads).build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(threads).thread_keep_alive(BLOCKING_KEEP_ALIVE).build()?;
     let code = runtime.block_on(run_server(source, config, vec![runtime.handle().clone()]));
     // Connections still open after the grace period are dropped with the runtime.
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -306,7 +313,7 @@ fn serve_per_core(source: Source, config: (Config, String), threads: usize) -> s
     let mut handles = Vec::new();
     let mut joins = Vec::new();
     for i in 0..threads {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().thread_keep_alive(BLOCKING_KEEP_ALIVE).build()?;
         handles.push(runtime.handle().clone());
         let stop = stop.clone();
         joins.push(std::thread::Builder::new().name(format!("servente-worker-{i}")).spawn(move || {
