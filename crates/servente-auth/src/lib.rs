@@ -138,11 +138,28 @@ pub struct Directory {
     /// Recent successful sign-ins, by a hash of the credentials the request sent, with when
     /// they were checked and the store's change stamp at that moment. The same credentials are
     /// let in again from memory (without a store lookup, so without leaving the connection's
-    /// thread) while the store is unchanged, for up to [`RECENT`] after the check, or after
-    /// the last use for a password or session; a store that cannot tell when it changed gets
-    /// [`RECENT_BLIND`]. Every change this directory makes also empties it.
-    recent: dashmap::DashMap<[u8; 32], (web::Authenticated, Instant, Option<u64>)>,
+    /// thread) while the store is unchanged, for up to [`RECENT`] after the check; a password
+    /// or session sign-in used in the second half of that time is renewed, up to [`RECENT_MAX`]
+    /// after the check. A store that cannot tell when it changed gets [`RECENT_BLIND`]. Every
+    /// change this directory makes also empties it.
+    recent: dashmap::DashMap<[u8; 32], Recent>,
 }
+
+/// A sign-in kept by [`Directory::remember`].
+struct Recent {
+    who: web::Authenticated,
+    /// When it was checked, or last renewed.
+    at: Instant,
+    /// When it was checked against the store: renewals stop [`RECENT_MAX`] after.
+    checked: Instant,
+    /// The store's change stamp then (`None`: a store that cannot tell).
+    stamp: Option<u64>,
+}
+
+/// How long a sign-in in use may be renewed in memory before it is checked in the store again:
+/// a bound on how long a change the store's stamp failed to show (two writes within one clock
+/// tick of the file system) can go unseen.
+pub const RECENT_MAX: Duration = Duration::from_secs(15 * 60);
 
 /// How long verified Basic credentials stay known without being used (see `basic_cache`).
 pub const BASIC_IDLE: Duration = Duration::from_secs(15 * 60);
@@ -469,9 +486,9 @@ impl Directory {
         }
     }
 
-    /// Checks Basic credentials, sent again with every request: a pair verified in the last
-    /// minute is accepted from memory while the account's password and state are unchanged,
-    /// so that a WebDAV client does not pay a password hash per request.
+    /// Checks Basic credentials, sent again with every request: a pair verified before and
+    /// used in the last [`BASIC_IDLE`] is accepted from memory while the account's password
+    /// and state are unchanged, so that a WebDAV client does not pay a password hash per request.
     pub fn verify_basic(&self, user: &str, password: &str, client: &Client) -> Result<Principal, AuthError> {
         // A token works as the password of its own user ("app passwords" for WebDAV clients,
         // which only know Basic), with the token's scopes.
@@ -528,7 +545,7 @@ impl Directory {
     pub fn recent(&self, creds: &web::Credentials) -> Option<web::Authenticated> {
         let key = recent_key(creds)?;
         let entry = self.recent.get(&key)?;
-        let (who, at, stamp) = &*entry;
+        let Recent { who, at, checked, stamp } = &*entry;
         let age = at.elapsed();
         let fresh = match stamp {
             Some(s) => age < RECENT && self.store.change_stamp() == Some(*s),
@@ -541,10 +558,10 @@ impl Directory {
         // In use while the store is unchanged: kept for another RECENT (renewed now and then,
         // not at every request), so a busy client does not go back to the store every minute.
         // Not a token's: its expiry is only checked in the store.
-        if stamp.is_some() && age >= RECENT / 2 && who.principal.method != Method::Token {
+        if stamp.is_some() && age >= RECENT / 2 && who.principal.method != Method::Token && checked.elapsed() < RECENT_MAX {
             drop(entry);
             if let Some(mut e) = self.recent.get_mut(&key) {
-                e.1 = Instant::now();
+                e.at = Instant::now();
             }
         }
         Some(who)
@@ -560,9 +577,10 @@ impl Directory {
     pub fn remember(&self, creds: &web::Credentials, who: &web::Authenticated, stamp: Option<u64>) {
         let Some(key) = recent_key(creds) else { return };
         if self.recent.len() >= 10_000 {
-            self.recent.retain(|_, e| e.1.elapsed() < RECENT);
+            self.recent.retain(|_, e| e.at.elapsed() < RECENT);
         }
-        self.recent.insert(key, (who.clone(), Instant::now(), stamp));
+        let now = Instant::now();
+        self.recent.insert(key, Recent { who: who.clone(), at: now, checked: now, stamp });
     }
 
     /// Starts a browser session for a signed-in principal; returns the cookie value (shown
@@ -835,21 +853,34 @@ mod tests {
         let (_, token) = d.create_token(&a, "hal", "t", &["user".into()], None).expect("token");
         let basic = web::Credentials::Basic { user: "hal".into(), password: "hal-password".into() };
         let bearer = web::Credentials::Bearer(token);
-        let age = |c: &web::Credentials| d.recent.get(&recent_key(c).expect("key")).map(|e| e.1.elapsed()).expect("remembered");
+        let age = |c: &web::Credentials| d.recent.get(&recent_key(c).expect("key")).map(|e| e.at.elapsed()).expect("remembered");
         let backdate = |c: &web::Credentials, by: Duration| {
             if let Some(mut e) = d.recent.get_mut(&recent_key(c).expect("key")) {
-                e.1 = Instant::now().checked_sub(by).expect("an instant in the past");
+                e.at = Instant::now().checked_sub(by).expect("an instant in the past");
             }
         };
-        for c in [&basic, &bearer] {
-            rt.block_on(web::authenticate(&d, c.clone(), &local(), false)).expect("signs in").expect("a principal");
-            backdate(c, RECENT - Duration::from_secs(5));
-            assert!(d.recent(c).is_some(), "still fresh");
-        }
+        let sign_in =
+            |c: &web::Credentials| rt.block_on(web::authenticate(&d, c.clone(), &local(), false)).expect("signs in").expect("a principal");
+        // A password sign-in used late in its minute is renewed...
+        sign_in(&basic);
+        backdate(&basic, RECENT - Duration::from_secs(5));
+        assert!(d.recent(&basic).is_some(), "still fresh");
         assert!(age(&basic) < RECENT / 2, "a password sign-in in use is renewed");
-        assert!(age(&bearer) >= RECENT / 2, "a token's is not (its expiry lives in the store)");
+        // ...but not past RECENT_MAX after its check,
+        if let Some(mut e) = d.recent.get_mut(&recent_key(&basic).expect("key")) {
+            e.checked = Instant::now().checked_sub(RECENT_MAX + Duration::from_secs(1)).expect("an instant in the past");
+        }
+        backdate(&basic, RECENT - Duration::from_secs(5));
+        assert!(d.recent(&basic).is_some(), "still within its minute");
+        assert!(age(&basic) >= RECENT / 2, "not renewed past RECENT_MAX");
+        // ...and one unused for RECENT is checked again.
         backdate(&basic, RECENT + Duration::from_secs(1));
         assert!(d.recent(&basic).is_none(), "unused for RECENT: checked again");
+        // A token's is never renewed: its expiry lives in the store.
+        sign_in(&bearer);
+        backdate(&bearer, RECENT - Duration::from_secs(5));
+        assert!(d.recent(&bearer).is_some(), "still fresh");
+        assert!(age(&bearer) >= RECENT / 2, "a token sign-in is not renewed");
     }
 
     #[test]

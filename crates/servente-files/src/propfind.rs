@@ -84,8 +84,9 @@ pub fn can_answer(want: &Want) -> bool {
 /// Dead properties by path.
 type DeadProps = HashMap<Vec<u8>, Vec<Prop>>;
 
-/// Entries per piece of the answer (about 100 to 180 KB of XML). A folder that fits in the
-/// first piece is answered whole, with a Content-Length; a larger one streams (chunked in
+/// Entries per piece of the answer (about 100 to 180 KB of XML). A folder whose end is found
+/// while reading the first piece's names (fewer than this many entries) is answered whole,
+/// with a Content-Length; a larger one streams (chunked in
 /// HTTP/1.1): pieces are written on the blocking pool, a few at once and sent in order, so the
 /// client receives while servente still stats, and memory holds a few pieces, not the answer.
 const PIECE: usize = 256;
@@ -114,9 +115,19 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, href: &st
         if meta.file_type().is_symlink() {
             return None;
         }
+        let mut own = Facts::of_std(&meta);
         let mut reader = Reader { dir: None, next: 0 };
+        let mut folder = None;
         if depth1 && meta.is_dir() {
-            reader.dir = Some(rustix::fs::Dir::new(open_dir(&disk).ok()?).ok()?);
+            use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
+            let fd =
+                rustix::fs::open(&disk, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).ok()?;
+            // The folder listed is the one opened, whatever is at its path later: its own
+            // properties and every entry's are read through this handle.
+            let mask = StatxFlags::TYPE | StatxFlags::MODE | StatxFlags::INO | StatxFlags::SIZE | StatxFlags::MTIME | StatxFlags::BTIME;
+            own = Facts::of_statx(&rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, mask).ok()?);
+            reader.dir = Some(rustix::fs::Dir::read_from(&fd).ok()?);
+            folder = Some(fd);
         }
         let batch = reader.batch().ok()?;
         let mut dead = DeadProps::new();
@@ -130,7 +141,7 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, href: &st
             Want::All => true,
             Want::Named(n) => n.iter().any(|(ns, n)| ns == DAV && n == "creationdate"),
         };
-        let mut listing = Listing { dir: disk, reader: std::sync::Mutex::new(reader), base, want, dead, home, key: target_key, btime };
+        let mut listing = Listing { folder, reader: std::sync::Mutex::new(reader), base, want, dead, home, key: target_key, btime };
         let mut w = Writer::default();
         // Room for the head and, for a small folder, its entries (about 400 to 700 bytes each).
         let small = batch.as_ref().filter(|b| b.last).map_or(0, |b| b.ends.len());
@@ -138,7 +149,7 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, href: &st
         out.push_str("<?xml version=\"1.0\" encoding=\"utf-8\"?><D:multistatus xmlns:D=\"DAV:\">");
         let own_name = listing.key.rsplit(|&b| b == b'/').next().unwrap_or_default();
         let own_dead = listing.dead.get(&listing.key).map(Vec::as_slice).unwrap_or_default();
-        listing.write_response(&mut w, &mut out, "", own_name, &Facts::of_std(&meta), own_dead);
+        listing.write_response(&mut w, &mut out, "", own_name, &own, own_dead);
         listing.key.push(b'/');
         // A small folder is answered here, at once; a large one in pieces, from the first.
         let batch = match batch {
@@ -251,7 +262,8 @@ type PieceJob = tokio::task::JoinHandle<std::io::Result<Option<(usize, String, b
 
 /// A large folder's listing after its head: pieces written on the blocking pool, a few at once,
 /// each reading its batch of names then statting them, and sent in order. A client that stops
-/// reading stops the listing, holding no thread.
+/// reading stops the listing: no thread waits for it, but the folder stays open and the
+/// pieces written ahead stay in memory until the connection ends.
 struct Pieces {
     listing: Arc<Listing>,
     /// The batch read with the head, for the first job.
@@ -321,14 +333,10 @@ impl Pieces {
     }
 }
 
-fn open_dir(dir: &std::path::Path) -> std::io::Result<rustix::fd::OwnedFd> {
-    use rustix::fs::{Mode, OFlags};
-    Ok(rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?)
-}
-
 /// A folder being listed: what every response needs, shared by the pieces.
 struct Listing {
-    dir: std::path::PathBuf,
+    /// The folder, opened once (`None` when only the target is answered).
+    folder: Option<rustix::fd::OwnedFd>,
     reader: std::sync::Mutex<Reader>,
     /// The request path, ending in `/` for a folder.
     base: String,
@@ -352,12 +360,13 @@ struct Writer {
 
 impl Listing {
     /// Writes the responses of a batch's entries into `out`, and the closing tag after the
-    /// last batch. Each piece opens the folder for itself, so that pieces written at once on
-    /// several threads do not share (and bounce between cores) one open file.
+    /// last batch. Each piece opens the folder again, through the first handle (not its path,
+    /// where another folder may be by now), so that pieces written at once on several threads
+    /// do not share, and bounce between cores, one open file.
     fn piece(&self, batch: &Batch, w: &mut Writer, out: &mut String) -> std::io::Result<()> {
-        use rustix::fs::{AtFlags, FileType, StatxFlags};
-        if !batch.ends.is_empty() {
-            let fd = open_dir(&self.dir)?;
+        use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxFlags};
+        if let Some(folder) = self.folder.as_ref().filter(|_| !batch.ends.is_empty()) {
+            let fd = rustix::fs::openat(folder, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
             let mut mask = StatxFlags::TYPE | StatxFlags::MODE | StatxFlags::INO | StatxFlags::SIZE | StatxFlags::MTIME;
             if self.btime {
                 mask |= StatxFlags::BTIME;
@@ -456,6 +465,8 @@ impl Listing {
 /// target). Times are (seconds, nanoseconds) since the epoch.
 struct Facts {
     dir: bool,
+    /// A regular file (the only kind whose ETag has its length).
+    file: bool,
     len: u64,
     ino: u64,
     modified: Option<(i64, u32)>,
@@ -469,19 +480,26 @@ impl Facts {
             let d = t.ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
             Some((i64::try_from(d.as_secs()).ok()?, d.subsec_nanos()))
         };
-        Facts { dir: m.is_dir(), len: m.len(), ino: m.ino(), modified: since(m.modified()), created: since(m.created()) }
+        let modified = since(m.modified());
+        // As `StdMeta::created`: the modification time where the file system keeps no birth time.
+        let created = since(m.created()).or(modified);
+        Facts { dir: m.is_dir(), file: m.is_file(), len: m.len(), ino: m.ino(), modified, created }
     }
 
     fn of_statx(s: &rustix::fs::Statx) -> Facts {
         use rustix::fs::StatxFlags;
         let has = |f: StatxFlags| s.stx_mask & f.bits() != 0;
         let time = |t: &rustix::fs::StatxTimestamp| (t.tv_sec >= 0).then_some((t.tv_sec, t.tv_nsec));
+        let kind = rustix::fs::FileType::from_raw_mode(s.stx_mode.into());
+        let modified = if has(StatxFlags::MTIME) { time(&s.stx_mtime) } else { None };
         Facts {
-            dir: rustix::fs::FileType::from_raw_mode(s.stx_mode.into()) == rustix::fs::FileType::Directory,
+            dir: kind == rustix::fs::FileType::Directory,
+            file: kind == rustix::fs::FileType::RegularFile,
             len: s.stx_size,
             ino: s.stx_ino,
-            modified: if has(StatxFlags::MTIME) { time(&s.stx_mtime) } else { None },
-            created: if has(StatxFlags::BTIME) { time(&s.stx_btime) } else { None },
+            modified,
+            // As `StdMeta::created`: the modification time where the file system keeps no birth time.
+            created: if has(StatxFlags::BTIME) { time(&s.stx_btime) } else { None }.or(modified),
         }
     }
 }
@@ -547,7 +565,8 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
 const SUPPORTED_LOCK: &str = "<D:supportedlock><D:lockentry><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry><D:lockentry><D:lockscope><D:shared/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry></D:supportedlock>";
 
 /// Writes a live property as its whole element; false when this resource has none. The ETag
-/// is the one `StdMeta` gives dav-server (inode, length for files, modification time in µs).
+/// is the one `StdMeta` gives dav-server (inode, length for regular files, modification time
+/// in µs).
 fn live(name: &str, f: &Facts, file_name: &str, home: Option<(u64, Option<u64>)>, w: &mut Writer, out: &mut String) -> bool {
     let Writer { mime, dates, .. } = w;
     match name {
@@ -567,7 +586,7 @@ fn live(name: &str, f: &Facts, file_name: &str, home: Option<(u64, Option<u64>)>
         "getetag" => match f.modified {
             Some((s, ns)) => {
                 let micros = (s as u64) * 1_000_000 + u64::from(ns) / 1000;
-                if f.dir {
+                if !f.file {
                     let _ = write!(out, "<D:getetag>{:x}-{micros:x}</D:getetag>", f.ino);
                 } else {
                     let _ = write!(out, "<D:getetag>{:x}-{:x}-{micros:x}</D:getetag>", f.ino, f.len);
@@ -636,7 +655,9 @@ mod tests {
             std::fs::write(tmp.path().join(format!("f{i}")), b"").expect("file");
         }
         std::os::unix::fs::symlink("f0", tmp.path().join("link")).expect("symlink");
-        let dir = rustix::fs::Dir::new(open_dir(tmp.path()).expect("open")).expect("dir");
+        let fd = rustix::fs::open(tmp.path(), rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty())
+            .expect("open");
+        let dir = rustix::fs::Dir::new(fd).expect("dir");
         let mut reader = Reader { dir: Some(dir), next: 0 };
         let mut names = std::collections::HashSet::new();
         let mut batches = Vec::new();
@@ -650,6 +671,42 @@ mod tests {
         assert_eq!(batches, [(0, PIECE, false), (1, PIECE, false), (2, 0, true)]);
         assert_eq!(names.len(), 2 * PIECE, "every file, no link, no . or ..");
         assert!(!names.contains("link"));
+    }
+
+    #[test]
+    fn etags_and_dates_match_what_dav_server_is_given() {
+        use dav_server::fs::DavMetaData;
+        let tmp = tempfile::tempdir().expect("temp dir");
+        std::fs::write(tmp.path().join("a.txt"), b"hello").expect("file");
+        std::fs::create_dir(tmp.path().join("sub")).expect("folder");
+        // A socket file: not a regular file, so its tag has no length.
+        let _socket = std::os::unix::net::UnixListener::bind(tmp.path().join("s.sock")).expect("socket");
+        let dir = rustix::fs::open(tmp.path(), rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty())
+            .expect("open");
+        let mask = rustix::fs::StatxFlags::TYPE
+            | rustix::fs::StatxFlags::MODE
+            | rustix::fs::StatxFlags::INO
+            | rustix::fs::StatxFlags::SIZE
+            | rustix::fs::StatxFlags::MTIME
+            | rustix::fs::StatxFlags::BTIME;
+        for name in ["a.txt", "sub", "s.sock"] {
+            let std_meta = crate::fs::StdMeta(std::fs::symlink_metadata(tmp.path().join(name)).expect("metadata"));
+            let stx = rustix::fs::statx(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW, mask).expect("statx");
+            for facts in [Facts::of_statx(&stx), Facts::of_std(&std_meta.0)] {
+                let mut w = Writer::default();
+                let mut out = String::new();
+                assert!(live("getetag", &facts, name, None, &mut w, &mut out));
+                assert_eq!(out, format!("<D:getetag>{}</D:getetag>", std_meta.etag().expect("etag")), "{name}");
+                out.clear();
+                assert!(live("creationdate", &facts, name, None, &mut w, &mut out));
+                let created: chrono::DateTime<chrono::Utc> = std_meta.created().expect("created").into();
+                assert_eq!(out, format!("<D:creationdate>{}</D:creationdate>", created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+                out.clear();
+                assert!(live("getlastmodified", &facts, name, None, &mut w, &mut out));
+                let modified = httpdate::fmt_http_date(std_meta.modified().expect("modified"));
+                assert_eq!(out, format!("<D:getlastmodified>{modified}</D:getlastmodified>"));
+            }
+        }
     }
 
     #[test]
