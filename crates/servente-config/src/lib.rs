@@ -134,6 +134,7 @@ impl Section for Server {
 pub struct Limits {
     pub header_read_timeout: Seconds,
     pub idle_timeout: Seconds,
+    pub send_timeout: Seconds,
     pub tls_handshake_timeout: Seconds,
     pub max_header_bytes: ByteSize,
     pub max_headers: usize,
@@ -152,6 +153,11 @@ impl Section for Limits {
                 "idle_timeout",
                 Seconds(Duration::from_secs(60)),
                 "Time a keep-alive connection may stay idle between requests before servente closes it.",
+            ),
+            send_timeout: t.field(
+                "send_timeout",
+                Seconds(Duration::from_secs(60)),
+                "Longest wait for room to write to a client (one that does not read, or reads very slowly: the kernel frees room a third of the send buffer at a time); then the connection is closed, as with nginx's send_timeout. Applies to tunnels (WebSocket) too; not to HTTP/2 streams held back by flow control. 0: no limit.",
             ),
             tls_handshake_timeout: t.field(
                 "tls_handshake_timeout",

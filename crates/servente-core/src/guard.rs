@@ -9,9 +9,15 @@
 //!   `idle_timeout`;
 //! - reading a head (bytes arrived, no request dispatched yet): after `header_read_timeout`
 //!   an HTTP/1 client gets `408 Request Timeout` and the connection is closed;
-//! - busy (a request in flight): no limit here.
+//! - busy (a request in flight): no limit on reading.
 //!
 //! HTTP/2 connections (detected by their preface) only get the idle limit.
+//!
+//! Writes, in any phase and on tunnels (WebSocket) too, get `send_timeout`, as nginx's: a write
+//! that waits that long for room in the socket (the client not reading) ends the connection.
+//! The kernel reports room only once about a third of the send buffer is free, so a client
+//! reading far slower than that per `send_timeout` is cut too. HTTP/2 streams held back by the
+//! client's flow-control window never wait on the socket, so this does not bound them.
 
 use std::io;
 use std::pin::Pin;
@@ -111,6 +117,8 @@ enum Phase {
 pub struct GuardLimits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Zero: no limit.
+    pub send_timeout: Duration,
 }
 
 /// A stream wrapper that enforces [`GuardLimits`]; see the module docs.
@@ -127,6 +135,11 @@ pub struct GuardedIo<I> {
     on_header_timeout: Option<Box<dyn Fn() + Send + Sync>>,
     /// TCP_CORK is on while a file is sent (see [`SendFile::cork`]); off at the next flush.
     corked: bool,
+    /// When a write that found the socket full gives up: set at the first such write, cleared
+    /// by any write that moves bytes.
+    write_deadline: Option<Instant>,
+    /// Its timer, made at the first stall.
+    write_sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<I> GuardedIo<I> {
@@ -143,6 +156,8 @@ impl<I> GuardedIo<I> {
             http2,
             on_header_timeout: None,
             corked: false,
+            write_deadline: None,
+            write_sleep: None,
         }
     }
 
@@ -307,6 +322,25 @@ impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> GuardedIo<I> {
         Pin::new(&mut self.inner).poll_write(cx, &buf[..n])
     }
 
+    /// Counts a write's outcome against `send_timeout`: bytes taken (`moved`) stop the clock,
+    /// a full socket starts it, and once it has run out the write fails, which ends the
+    /// connection.
+    fn watch_write<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>, moved: impl Fn(&T) -> bool) -> Poll<io::Result<T>> {
+        match &r {
+            Poll::Ready(Ok(v)) if moved(v) => self.write_deadline = None,
+            Poll::Pending if !self.limits.send_timeout.is_zero() => {
+                let deadline = *self.write_deadline.get_or_insert_with(|| Instant::now() + self.limits.send_timeout);
+                let sleep = self.write_sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if crate::lazy_timer::poll_until(sleep, deadline, cx).is_ready() {
+                    let secs = self.limits.send_timeout.as_secs_f64();
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, format!("the client took no data for {secs} s"))));
+                }
+            }
+            _ => {}
+        }
+        r
+    }
+
     /// Lets held-back segments go (at a flush, or before the connection ends).
     fn uncork(&mut self) {
         if self.corked {
@@ -318,24 +352,30 @@ impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> GuardedIo<I> {
 
 impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncWrite for GuardedIo<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if buf.len() >= crate::sendfile::MIN_SLICE || crate::sendfile::is_unread(buf) {
-            return self.write_zero_copy(cx, &[io::IoSlice::new(buf)]);
-        }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = if buf.len() >= crate::sendfile::MIN_SLICE || crate::sendfile::is_unread(buf) {
+            self.write_zero_copy(cx, &[io::IoSlice::new(buf)])
+        } else {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        };
+        self.watch_write(cx, r, |n| *n > 0)
     }
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        self.write_zero_copy(cx, bufs)
+        let r = self.write_zero_copy(cx, bufs);
+        self.watch_write(cx, r, |n| *n > 0)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.uncork();
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch_write(cx, r, |_| true)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.uncork();
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        // A TLS close_notify waits for room like any write.
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch_write(cx, r, |_| true)
     }
 }
 
@@ -433,7 +473,54 @@ mod tests {
     }
 
     fn limits() -> GuardLimits {
-        GuardLimits { header_read_timeout: Duration::from_millis(200), idle_timeout: Duration::from_millis(500) }
+        GuardLimits {
+            header_read_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_millis(500),
+            send_timeout: Duration::from_secs(2),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_cut_one_that_reads_slowly_is_not() {
+        let chunk = vec![7u8; 1024];
+        // Reads 1 KiB every second: slower than the writer, but never 2 s without taking bytes.
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut io = GuardedIo::new(server, ConnState::new(), limits(), None);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let mut total = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => return total,
+                    Ok(n) => total += n,
+                }
+            }
+        });
+        let start = Instant::now();
+        for _ in 0..20 {
+            io.write_all(&chunk).await.expect("a slow reader is served");
+        }
+        io.flush().await.expect("flush");
+        drop(io);
+        assert_eq!(reader.await.expect("reader"), 20 * 1024);
+        assert!(start.elapsed() >= Duration::from_secs(10), "the writer did wait for the reader");
+
+        // Stops reading: the write that finds the pipe full fails 2 s later.
+        let (client, server) = tokio::io::duplex(4096);
+        let mut io = GuardedIo::new(server, ConnState::new(), limits(), None);
+        let start = Instant::now();
+        let mut err = None;
+        for _ in 0..20 {
+            if let Err(e) = io.write_all(&chunk).await {
+                err = Some(e);
+                break;
+            }
+        }
+        let err = err.expect("the stalled write fails");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        drop(client);
     }
 
     /// A guarded pipe whose client has sent one request head, already read by the server side.

@@ -80,7 +80,11 @@ impl Settings {
             .max_concurrent_streams(256)
             .keep_alive_interval(None);
         Settings {
-            guard: GuardLimits { header_read_timeout: l.header_read_timeout.0, idle_timeout: l.idle_timeout.0 },
+            guard: GuardLimits {
+                header_read_timeout: l.header_read_timeout.0,
+                idle_timeout: l.idle_timeout.0,
+                send_timeout: l.send_timeout.0,
+            },
             tls_handshake_timeout: l.tls_handshake_timeout.0,
             max_connections: config.server.max_connections,
             max_body_bytes: l.max_body_bytes.0,

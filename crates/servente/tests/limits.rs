@@ -154,6 +154,34 @@ fn idle_http2_connection_is_closed_after_a_response() {
     });
 }
 
+/// A client that asks for a large file and then reads nothing holds the response until
+/// `send_timeout`: then servente closes the connection (before this limit it was held forever,
+/// with its file open). What was already in the socket buffers still arrives, then the end.
+#[test]
+fn a_client_that_stops_reading_is_cut_after_send_timeout() {
+    let fx = fixture();
+    let size = 64 << 20;
+    fx.write("root/big.bin", vec![1u8; size]);
+    let server = fx.start(&limited("send_timeout = \"1s\"", ""));
+    let s = connect(&server.addr("web"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    let mut w = s.try_clone().expect("clone");
+    write!(w, "GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    std::thread::sleep(Duration::from_secs(4));
+    let mut r = s;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the connection was not closed (read {got} bytes): {e}"),
+        }
+    }
+    assert!(got < size, "the whole file arrived ({got} bytes): the stalled response was not cut");
+}
+
 #[test]
 fn oversized_heads_get_431() {
     let server = fixture().start(&limited("max_header_bytes = \"16KiB\"\nmax_headers = 10", ""));
