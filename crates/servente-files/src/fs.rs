@@ -1051,21 +1051,35 @@ impl DavMetaData for StdMeta {
     fn created(&self) -> FsResult<SystemTime> {
         self.0.created().or_else(|_| self.0.modified()).map_err(io_err)
     }
-    /// The same tag as dav-server's local filesystem (Apache's: inode, size, mtime), so ETags
-    /// from either path match in If headers.
     fn etag(&self) -> Option<String> {
         use std::os::unix::fs::MetadataExt;
         let t = self.0.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
-        let t = t.as_secs() * 1_000_000 + t.subsec_nanos() as u64 / 1000;
-        Some(if self.0.is_file() {
-            format!("{:x}-{:x}-{:x}", self.0.ino(), self.0.len(), t)
-        } else {
-            format!("{:x}-{:x}", self.0.ino(), t)
-        })
+        Some(Etag { ino: self.0.ino(), len: self.0.is_file().then_some(self.0.len()), modified: t }.to_string())
     }
     fn executable(&self) -> FsResult<bool> {
         use std::os::unix::fs::PermissionsExt;
         Ok(self.0.is_file() && self.0.permissions().mode() & 0o100 != 0)
+    }
+}
+
+/// The ETag of a file or folder, the same as dav-server's local filesystem gives (Apache's:
+/// inode, length for a regular file, modification time in µs), so ETags from either path
+/// match in If headers. Written in place by PROPFIND, as a String by [`StdMeta`].
+pub struct Etag {
+    pub ino: u64,
+    /// `None` but for a regular file.
+    pub len: Option<u64>,
+    /// Since the epoch.
+    pub modified: std::time::Duration,
+}
+
+impl std::fmt::Display for Etag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let micros = self.modified.as_secs() * 1_000_000 + u64::from(self.modified.subsec_nanos()) / 1000;
+        match self.len {
+            Some(len) => write!(f, "{:x}-{len:x}-{micros:x}", self.ino),
+            None => write!(f, "{:x}-{micros:x}", self.ino),
+        }
     }
 }
 

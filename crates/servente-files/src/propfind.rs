@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::os::fd::AsFd as _;
 use std::sync::Arc;
 
 use dav_server::davpath::DavPath;
@@ -17,7 +18,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use servente_core::Body;
 
 use crate::db::Prop;
-use crate::fs::{Caller, Kind, Node, Storage, key};
+use crate::fs::{Caller, Etag, Kind, Node, Storage, key};
 
 /// What the request body asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,13 +120,12 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, href: &st
         let mut reader = Reader { dir: None, next: 0 };
         let mut folder = None;
         if depth1 && meta.is_dir() {
-            use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
+            use rustix::fs::{AtFlags, Mode, OFlags};
             let fd =
                 rustix::fs::open(&disk, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).ok()?;
             // The folder listed is the one opened, whatever is at its path later: its own
             // properties and every entry's are read through this handle.
-            let mask = StatxFlags::TYPE | StatxFlags::MODE | StatxFlags::INO | StatxFlags::SIZE | StatxFlags::MTIME | StatxFlags::BTIME;
-            own = Facts::of_statx(&rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, mask).ok()?);
+            own = Facts::of_statx(&rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, statx_mask(true)).ok()?);
             reader.dir = Some(rustix::fs::Dir::read_from(&fd).ok()?);
             folder = Some(fd);
         }
@@ -151,10 +151,14 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, href: &st
         let own_dead = listing.dead.get(&listing.key).map(Vec::as_slice).unwrap_or_default();
         listing.write_response(&mut w, &mut out, "", own_name, &own, own_dead);
         listing.key.push(b'/');
-        // A small folder is answered here, at once; a large one in pieces, from the first.
+        // A small folder is answered here, at once, through the handle already open; a large
+        // one in pieces, from the first.
         let batch = match batch {
             Some(b) if b.last => {
-                listing.piece(&b, &mut w, &mut out).ok()?;
+                if let Some(folder) = &listing.folder {
+                    listing.piece(&b, folder.as_fd(), &mut w, &mut out);
+                }
+                out.push_str("</D:multistatus>");
                 None
             }
             None => {
@@ -293,7 +297,17 @@ impl Pieces {
                     },
                 };
                 let mut out = String::with_capacity(batch.ends.len() * 800 + 32);
-                listing.piece(&batch, &mut Writer::default(), &mut out)?;
+                // Each piece opens the folder again, through the first handle (not its path,
+                // where another folder may be by now), so that pieces written at once on
+                // several threads do not share, and bounce between cores, one open file.
+                if let Some(folder) = listing.folder.as_ref().filter(|_| !batch.ends.is_empty()) {
+                    use rustix::fs::{Mode, OFlags};
+                    let fd = rustix::fs::openat(folder, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+                    listing.piece(&batch, fd.as_fd(), &mut Writer::default(), &mut out);
+                }
+                if batch.last {
+                    out.push_str("</D:multistatus>");
+                }
                 Ok(Some((batch.n, out, batch.last)))
             }));
         }
@@ -359,48 +373,35 @@ struct Writer {
 }
 
 impl Listing {
-    /// Writes the responses of a batch's entries into `out`, and the closing tag after the
-    /// last batch. Each piece opens the folder again, through the first handle (not its path,
-    /// where another folder may be by now), so that pieces written at once on several threads
-    /// do not share, and bounce between cores, one open file.
-    fn piece(&self, batch: &Batch, w: &mut Writer, out: &mut String) -> std::io::Result<()> {
-        use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxFlags};
-        if let Some(folder) = self.folder.as_ref().filter(|_| !batch.ends.is_empty()) {
-            let fd = rustix::fs::openat(folder, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-            let mut mask = StatxFlags::TYPE | StatxFlags::MODE | StatxFlags::INO | StatxFlags::SIZE | StatxFlags::MTIME;
-            if self.btime {
-                mask |= StatxFlags::BTIME;
+    /// Writes the responses of a batch's entries into `out`, statting them relative to `folder`.
+    fn piece(&self, batch: &Batch, folder: rustix::fd::BorrowedFd<'_>, w: &mut Writer, out: &mut String) {
+        use rustix::fs::{AtFlags, FileType};
+        let mask = statx_mask(self.btime);
+        for name in batch.names() {
+            // The entry may be gone by now (deleted since the folder was read): left out.
+            let Ok(stx) = rustix::fs::statx(folder, name, AtFlags::SYMLINK_NOFOLLOW, mask) else { continue };
+            if FileType::from_raw_mode(stx.stx_mode.into()) == FileType::Symlink {
+                continue;
             }
-            for name in batch.names() {
-                // The entry may be gone by now (deleted since the folder was read): left out.
-                let Ok(stx) = rustix::fs::statx(&fd, name, AtFlags::SYMLINK_NOFOLLOW, mask) else { continue };
-                if FileType::from_raw_mode(stx.stx_mode.into()) == FileType::Symlink {
-                    continue;
-                }
-                let facts = Facts::of_statx(&stx);
-                let name = name.to_bytes();
-                let mut tail = std::mem::take(&mut w.tail);
-                tail.clear();
-                let _ = write!(tail, "{}", percent_encoding::percent_encode(name, SEGMENT));
-                if facts.dir {
-                    tail.push('/');
-                }
-                let dead = if self.dead.is_empty() {
-                    None
-                } else {
-                    w.key.clear();
-                    w.key.extend_from_slice(&self.key);
-                    w.key.extend_from_slice(name);
-                    self.dead.get(&w.key)
-                };
-                self.write_response(w, out, &tail, name, &facts, dead.map(Vec::as_slice).unwrap_or_default());
-                w.tail = tail;
+            let facts = Facts::of_statx(&stx);
+            let name = name.to_bytes();
+            let mut tail = std::mem::take(&mut w.tail);
+            tail.clear();
+            let _ = write!(tail, "{}", percent_encoding::percent_encode(name, SEGMENT));
+            if facts.dir {
+                tail.push('/');
             }
+            let dead = if self.dead.is_empty() {
+                None
+            } else {
+                w.key.clear();
+                w.key.extend_from_slice(&self.key);
+                w.key.extend_from_slice(name);
+                self.dead.get(&w.key)
+            };
+            self.write_response(w, out, &tail, name, &facts, dead.map(Vec::as_slice).unwrap_or_default());
+            w.tail = tail;
         }
-        if batch.last {
-            out.push_str("</D:multistatus>");
-        }
-        Ok(())
     }
 
     /// One `<D:response>`: `tail` is the percent-encoded name after the base (with a `/` for a
@@ -459,6 +460,13 @@ impl Listing {
         }
         out.push_str("</D:response>");
     }
+}
+
+/// What `statx` is asked for: what [`Facts`] holds (the birth time only when wanted).
+fn statx_mask(btime: bool) -> rustix::fs::StatxFlags {
+    use rustix::fs::StatxFlags;
+    let mask = StatxFlags::TYPE | StatxFlags::MODE | StatxFlags::INO | StatxFlags::SIZE | StatxFlags::MTIME;
+    if btime { mask | StatxFlags::BTIME } else { mask }
 }
 
 /// What a response says about one resource, from `statx` (entries) or std's metadata (the
@@ -564,9 +572,7 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
 
 const SUPPORTED_LOCK: &str = "<D:supportedlock><D:lockentry><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry><D:lockentry><D:lockscope><D:shared/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry></D:supportedlock>";
 
-/// Writes a live property as its whole element; false when this resource has none. The ETag
-/// is the one `StdMeta` gives dav-server (inode, length for regular files, modification time
-/// in µs).
+/// Writes a live property as its whole element; false when this resource has none.
 fn live(name: &str, f: &Facts, file_name: &str, home: Option<(u64, Option<u64>)>, w: &mut Writer, out: &mut String) -> bool {
     let Writer { mime, dates, .. } = w;
     match name {
@@ -585,12 +591,8 @@ fn live(name: &str, f: &Facts, file_name: &str, home: Option<(u64, Option<u64>)>
         }
         "getetag" => match f.modified {
             Some((s, ns)) => {
-                let micros = (s as u64) * 1_000_000 + u64::from(ns) / 1000;
-                if !f.file {
-                    let _ = write!(out, "<D:getetag>{:x}-{micros:x}</D:getetag>", f.ino);
-                } else {
-                    let _ = write!(out, "<D:getetag>{:x}-{:x}-{micros:x}</D:getetag>", f.ino, f.len);
-                }
+                let modified = std::time::Duration::new(s as u64, ns);
+                let _ = write!(out, "<D:getetag>{}</D:getetag>", Etag { ino: f.ino, len: f.file.then_some(f.len), modified });
             }
             None => return false,
         },
