@@ -157,7 +157,7 @@ impl Section for Limits {
             send_timeout: t.field(
                 "send_timeout",
                 Seconds(Duration::from_secs(60)),
-                "Longest wait for room to write to a client (one that does not read, or reads very slowly: the kernel frees room a third of the send buffer at a time); then the connection is closed, as with nginx's send_timeout. Applies to tunnels (WebSocket) too; not to HTTP/2 streams held back by flow control. 0: no limit.",
+                "Longest wait for room to write to a client (one that does not read, or reads very slowly: the kernel frees room a third of the send buffer at a time); then the connection is closed, as with nginx's send_timeout. Applies to tunnels (WebSocket) too, and to each HTTP/2 stream whose client's flow-control window stays shut that long: that stream is reset, the connection goes on. 0: no limit.",
             ),
             tls_handshake_timeout: t.field(
                 "tls_handshake_timeout",

@@ -17,7 +17,7 @@
 //! that waits that long for room in the socket (the client not reading) ends the connection.
 //! The kernel reports room only once about a third of the send buffer is free, so a client
 //! reading far slower than that per `send_timeout` is cut too. HTTP/2 streams held back by the
-//! client's flow-control window never wait on the socket, so this does not bound them.
+//! client's flow-control window never wait on the socket; [`crate::streams`] times those.
 
 use std::io;
 use std::pin::Pin;

@@ -211,6 +211,7 @@ pub(crate) async fn serve_request<R: Router>(
         _flight: flight,
         log: log_fields.map(|f| (f, log.as_ref().clone(), conn.peer_text(), cx.user.take())),
     };
+    crate::streams::pulled(false, !http_body::Body::is_end_stream(&body));
     Ok(Response::from_parts(parts, TrackedBody { inner: body, done }))
 }
 
@@ -313,7 +314,8 @@ impl Drop for Completion {
     }
 }
 
-/// The body hyper sends: the role's body, counting bytes, with [`Completion`] attached.
+/// The body hyper sends: the role's body, counting bytes, with [`Completion`] attached; over
+/// HTTP/2 it also tells the stream's watchdog when it is asked for more ([`crate::streams`]).
 pub struct TrackedBody {
     inner: Body,
     done: Completion,
@@ -326,11 +328,15 @@ impl http_body::Body for TrackedBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            this.done.bytes += data.len() as u64;
+        let mut more = false;
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.done.bytes += data.len() as u64;
+            }
+            more = !this.inner.is_end_stream();
         }
+        // For HTTP/2's send_timeout: hyper asked, and whether a piece now waits to be taken.
+        crate::streams::pulled(true, more);
         polled
     }
 

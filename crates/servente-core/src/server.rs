@@ -55,7 +55,7 @@ pub struct Settings {
 impl Settings {
     pub fn from_config(config: &Config) -> Self {
         let l = &config.limits;
-        let mut builder = auto::Builder::new(StreamExec);
+        let mut builder = auto::Builder::new(StreamExec { send_timeout: l.send_timeout.0 });
         let max_header = l.max_header_bytes.0.max(8192) as usize;
         {
             let mut h1 = builder.http1();

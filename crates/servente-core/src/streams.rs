@@ -1,5 +1,5 @@
 //! Runs HTTP/2 streams on their connection's task first, and as tasks of their own only when
-//! they have to wait.
+//! they have to wait; and cuts a stream whose client stops taking its response.
 //!
 //! hyper's HTTP/2 server hands each new stream to an executor, which with tokio means a task
 //! per request: a task cell, the runtime's task list (a lock), a queue hand-off and waker
@@ -9,35 +9,151 @@
 //! connection; `run` then polls each once, in order, on the connection's task, and spawns on
 //! tokio only those still pending (from then on they run as before). Outside `run`,
 //! `StreamExec` spawns as tokio's executor does.
+//!
+//! `send_timeout` for HTTP/2: a stream held back by the client's flow-control window never
+//! waits on the socket, so the connection's guard cannot see it. hyper asks a response body
+//! for its next piece only once the window has room; the body ([`crate::http`]) reports to
+//! [`pulled`] each time it is asked, and whether it then holds a piece not yet taken. A stream
+//! whose body has waited that long to be asked again is dropped, which resets it (h2 sends
+//! RST_STREAM with CANCEL) and frees what it held (an open file); the connection and its other
+//! streams go on. nginx applies its `send_timeout` to HTTP/2 streams the same way. A body
+//! waiting on its own source (an upstream, a file read) is not timed here.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
+use tokio::time::{Instant, Sleep};
 
 thread_local! {
     /// Set while [`run`] polls a connection on this thread.
     static ACTIVE: Cell<bool> = const { Cell::new(false) };
     /// Streams started during that poll, oldest first (the buffer is reused).
     static QUEUE: RefCell<VecDeque<Stream>> = const { RefCell::new(VecDeque::new()) };
+    /// The response body of the watched stream being polled on this thread; None outside one.
+    static BODY: Cell<Option<Pull>> = const { Cell::new(None) };
 }
 
 /// hyper's executor for server connections; see the module docs.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct StreamExec;
+pub struct StreamExec {
+    /// `limits.send_timeout`; zero: streams are not watched.
+    pub send_timeout: Duration,
+}
 
 impl<F> hyper::rt::Executor<F> for StreamExec
 where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
+        let stream = Stream {
+            fut: Box::pin(fut),
+            watch: (!self.send_timeout.is_zero()).then(|| Watch { timeout: self.send_timeout, ..Watch::default() }),
+        };
         if ACTIVE.get() {
-            QUEUE.with_borrow_mut(|q| q.push_back(Box::pin(fut)));
+            QUEUE.with_borrow_mut(|q| q.push_back(stream));
         } else {
-            tokio::spawn(fut);
+            tokio::spawn(stream);
+        }
+    }
+}
+
+/// Where a stream's response body stands, as [`pulled`] last reported it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Pull {
+    /// The body holds a piece (or a whole response) that hyper has not asked for yet.
+    waiting: bool,
+    /// hyper asked the body for a piece during this poll: the client made room.
+    asked: bool,
+}
+
+/// Called by a response body when it is made (`asked` false) and each time hyper asks it for a
+/// piece (`asked` true); `waiting`: it now holds more to send that hyper has yet to ask for.
+/// Does nothing outside a watched HTTP/2 stream.
+pub(crate) fn pulled(asked: bool, waiting: bool) {
+    if let Some(mut p) = BODY.get() {
+        p.asked |= asked;
+        p.waiting = waiting;
+        BODY.set(Some(p));
+    }
+}
+
+/// A stream's watchdog: the deadline by which hyper must ask its body again.
+#[derive(Default)]
+struct Watch {
+    timeout: Duration,
+    pull: Pull,
+    deadline: Option<Instant>,
+    /// Made the first time the stream waits on its client, then kept.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Watch {
+    /// Polls `fut` with its body's reports going to this watch; Ready(true) when `fut` ended,
+    /// Ready(false) when the client has taken nothing for the timeout.
+    fn poll(&mut self, fut: Pin<&mut (dyn Future<Output = ()> + Send)>, cx: &mut Context<'_>) -> Poll<bool> {
+        let restore = Restore(BODY.replace(Some(Pull { asked: false, ..self.pull })));
+        let polled = fut.poll(cx);
+        let pull = BODY.get().unwrap_or_default();
+        drop(restore);
+        if polled.is_ready() {
+            return Poll::Ready(true);
+        }
+        self.pull = pull;
+        if !pull.waiting {
+            self.deadline = None;
+            return Poll::Pending;
+        }
+        let deadline = match self.deadline {
+            Some(d) if !pull.asked => d,
+            _ => Instant::now() + self.timeout,
+        };
+        self.deadline = Some(deadline);
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match crate::lazy_timer::poll_until(sleep, deadline, cx) {
+            Poll::Ready(()) => Poll::Ready(false),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Puts back what [`BODY`] held before a watched poll, even if that poll panics.
+struct Restore(Option<Pull>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        BODY.set(self.0);
+    }
+}
+
+/// A stream hyper started, with its watchdog when `send_timeout` is set. Boxed once, here.
+struct Stream {
+    fut: Pin<Box<dyn Future<Output = ()> + Send>>,
+    watch: Option<Watch>,
+}
+
+impl Future for Stream {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let Some(watch) = &mut this.watch else {
+            return this.fut.as_mut().poll(cx);
+        };
+        match watch.poll(this.fut.as_mut(), cx) {
+            Poll::Ready(false) => {
+                tracing::debug!(
+                    "an HTTP/2 stream's client took nothing for {} s (send_timeout); the stream is reset",
+                    watch.timeout.as_secs_f64()
+                );
+                // Ending here drops hyper's stream, which resets it and closes its body.
+                Poll::Ready(())
+            }
+            Poll::Ready(true) => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -68,7 +184,7 @@ pub fn run<T>(cx: &mut Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> Poll<
     // polled again and writes them. A stream that panics is dropped alone, as a task of its
     // own would have been; the connection and the other streams go on.
     while let Some(mut stream) = QUEUE.with_borrow_mut(VecDeque::pop_front) {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream.as_mut().poll(cx))) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(&mut stream).poll(cx))) {
             Ok(Poll::Pending) => {
                 tokio::spawn(stream);
             }
@@ -94,11 +210,11 @@ mod tests {
         std::future::poll_fn(|cx| {
             run(cx, |_| {
                 let d = done.clone();
-                StreamExec.execute(async move {
+                StreamExec::default().execute(async move {
                     d.fetch_add(1, Ordering::SeqCst);
                 });
                 let (d, rx) = (done.clone(), rx.take());
-                StreamExec.execute(async move {
+                StreamExec::default().execute(async move {
                     if let Some(rx) = rx {
                         let _ = rx.await;
                     }
@@ -127,9 +243,9 @@ mod tests {
         let done = Arc::new(AtomicUsize::new(0));
         std::future::poll_fn(|cx| {
             run(cx, |_| {
-                StreamExec.execute(async { panic!("a broken stream") });
+                StreamExec::default().execute(async { panic!("a broken stream") });
                 let d = done.clone();
-                StreamExec.execute(async move {
+                StreamExec::default().execute(async move {
                     d.fetch_add(1, Ordering::SeqCst);
                 });
                 Poll::Ready(())
@@ -140,10 +256,55 @@ mod tests {
         assert!(QUEUE.with_borrow(|q| q.is_empty()));
     }
 
+    /// A response body's life as hyper would drive it: made with a piece waiting; asked after
+    /// 1 s, it waits 10 s on its source (longer than the timeout: not a stall); then it holds a
+    /// piece hyper never asks for. `step` tells how far it got.
+    struct Scripted {
+        step: Arc<AtomicUsize>,
+        sleep: Pin<Box<Sleep>>,
+    }
+
+    impl Future for Scripted {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            loop {
+                let step = self.step.load(Ordering::SeqCst);
+                let (asked, waiting, wait) = match step {
+                    0 => (false, true, 1),
+                    1 => (true, false, 10),
+                    2 => (true, true, 0),
+                    // hyper never asks again: only the watch can end this stream.
+                    _ => return Poll::Pending,
+                };
+                if step > 0 && self.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                pulled(asked, waiting);
+                self.step.store(step + 1, Ordering::SeqCst);
+                let next = Instant::now() + Duration::from_secs(wait);
+                self.sleep.as_mut().reset(next);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_is_cut_only_while_its_body_waits_to_be_taken() {
+        let step = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        let body = Scripted { step: step.clone(), sleep: Box::pin(tokio::time::sleep(Duration::ZERO)) };
+        let stream = Stream { fut: Box::pin(body), watch: Some(Watch { timeout: Duration::from_secs(2), ..Watch::default() }) };
+        tokio::spawn(stream).await.expect("the stream ended");
+        // Made at 0 s, asked at 1 s, waited on its source to 11 s, then cut 2 s later.
+        assert_eq!(step.load(Ordering::SeqCst), 3, "the stream was cut before its body's last step");
+        assert_eq!(Instant::now() - start, Duration::from_secs(13));
+        assert!(BODY.get().is_none(), "the report slot is cleared after each poll");
+    }
+
     #[tokio::test]
     async fn outside_run_streams_are_spawned() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        StreamExec.execute(async move {
+        StreamExec::default().execute(async move {
             let _ = tx.send(7);
         });
         assert_eq!(rx.await.expect("the spawned stream ran"), 7);

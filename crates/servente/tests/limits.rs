@@ -182,6 +182,72 @@ fn a_client_that_stops_reading_is_cut_after_send_timeout() {
     assert!(got < size, "the whole file arrived ({got} bytes): the stalled response was not cut");
 }
 
+/// Over HTTP/2 a client that stops reading stalls its stream on the flow-control window, not
+/// on the socket: that stream is reset after `send_timeout`, while another stream on the same
+/// connection, read in bursts with pauses shorter than the limit, gets all of its file, and
+/// the connection serves new requests afterwards.
+#[test]
+fn http2_streams_whose_client_stops_reading_are_reset_after_send_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let fx = fixture();
+    let big = 64 << 20;
+    let mid = 8 << 20;
+    fx.write("root/big.bin", vec![1u8; big]);
+    fx.write("root/mid.bin", vec![2u8; mid]);
+    let server = fx.start(&limited("send_timeout = \"1s\"", ""));
+    let addr = server.addr("web");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2 handshake");
+        tokio::spawn(conn);
+        let get = |path: &str| {
+            let mut sender = sender.clone();
+            let req = http::Request::get(format!("http://{addr}{path}")).body(Empty::<bytes::Bytes>::new()).expect("request");
+            async move {
+                let res = tokio::time::timeout(common::WAIT, sender.send_request(req)).await.expect("in time").expect("response");
+                assert_eq!((res.status(), res.version()), (http::StatusCode::OK, http::Version::HTTP_2));
+                res.into_body()
+            }
+        };
+        let mut stalled = get("/big.bin").await;
+        let started = Instant::now();
+        // Read in bursts of 2 MiB (hyper's stream window), each after a 600 ms pause.
+        let mut steady = get("/mid.bin").await;
+        let mut got = 0usize;
+        let mut pauses = 0;
+        'read: loop {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            pauses += 1;
+            let burst_end = got + (2 << 20);
+            while got < burst_end {
+                match tokio::time::timeout(common::WAIT, steady.frame()).await.expect("the steady stream flows") {
+                    Some(frame) => got += frame.expect("the steady stream is not cut").data_ref().map_or(0, |d| d.len()),
+                    None => break 'read,
+                }
+            }
+        }
+        assert_eq!(got, mid, "the steady stream got all of its file");
+        assert!(pauses >= 3, "the steady stream paused {pauses} times, fewer than the test needs");
+        // By now the stalled stream has waited more than a second: it ends short, with an error.
+        assert!(started.elapsed() > Duration::from_secs(2));
+        let mut read = 0usize;
+        let ended = loop {
+            match tokio::time::timeout(common::WAIT, stalled.frame()).await.expect("the stalled stream ends") {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                Some(Err(e)) => break Some(e),
+                None => break None,
+            }
+        };
+        assert!(ended.is_some() && read < big, "the stalled stream was not reset: {read} of {big} bytes, end {ended:?}");
+        // The connection itself goes on.
+        let body = get("/").await.collect().await.expect("body").to_bytes();
+        assert_eq!(body.as_ref(), b"index\n");
+    });
+}
+
 #[test]
 fn oversized_heads_get_431() {
     let server = fixture().start(&limited("max_header_bytes = \"16KiB\"\nmax_headers = 10", ""));
