@@ -211,8 +211,8 @@ pub(crate) async fn serve_request<R: Router>(
         _flight: flight,
         log: log_fields.map(|f| (f, log.as_ref().clone(), conn.peer_text(), cx.user.take())),
     };
-    crate::streams::pulled(false, !http_body::Body::is_end_stream(&body));
-    Ok(Response::from_parts(parts, TrackedBody { inner: body, done }))
+    let split = crate::streams::watched();
+    Ok(Response::from_parts(parts, TrackedBody { inner: body, done, split, rest: None }))
 }
 
 /// A short plain-text response, for errors the engine or a role answers itself.
@@ -314,11 +314,30 @@ impl Drop for Completion {
     }
 }
 
-/// The body hyper sends: the role's body, counting bytes, with [`Completion`] attached; over
-/// HTTP/2 it also tells the stream's watchdog when it is asked for more ([`crate::streams`]).
+/// The body hyper sends: the role's body, counting bytes, with [`Completion`] attached.
+///
+/// On a watched HTTP/2 stream it also tells the watchdog ([`crate::streams`]) each time hyper
+/// asks it for a piece, and hands out pieces of at most [`crate::streams::PIECE`] bytes: hyper
+/// asks for the next one only once about a piece of this stream has left, so the watchdog's
+/// rule becomes "the client took none of the next 64 KiB for `send_timeout`", whatever size the
+/// role's pieces are (a file body's are 256 KiB).
 pub struct TrackedBody {
     inner: Body,
     done: Completion,
+    /// Pieces are split for the watchdog (a watched HTTP/2 stream).
+    split: bool,
+    /// What is left of a piece that was split.
+    rest: Option<Bytes>,
+}
+
+impl TrackedBody {
+    /// At most a [`crate::streams::PIECE`] of `data`, keeping the remainder for the next call.
+    fn piece(&mut self, mut data: Bytes) -> Bytes {
+        if data.len() > crate::streams::PIECE {
+            self.rest = Some(data.split_off(crate::streams::PIECE));
+        }
+        data
+    }
 }
 
 impl http_body::Body for TrackedBody {
@@ -327,24 +346,42 @@ impl http_body::Body for TrackedBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        let mut more = false;
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.done.bytes += data.len() as u64;
-            }
-            more = !this.inner.is_end_stream();
+        let polled = match this.rest.take() {
+            Some(rest) => Poll::Ready(Some(Ok(Frame::data(this.piece(rest))))),
+            None => match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if this.split => Poll::Ready(Some(Ok(frame.map_data(|d| this.piece(d))))),
+                other => other,
+            },
+        };
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.done.bytes += data.len() as u64;
         }
-        // For HTTP/2's send_timeout: hyper asked, and whether a piece now waits to be taken.
-        crate::streams::pulled(true, more);
+        if this.split {
+            // hyper asked; a piece handed over waits in h2 until the client's window lets it go.
+            crate::streams::pulled(matches!(polled, Poll::Ready(Some(Ok(_)))));
+        }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let hint = self.inner.size_hint();
+        match &self.rest {
+            None => hint,
+            Some(rest) => {
+                let n = rest.len() as u64;
+                let mut h = SizeHint::new();
+                h.set_lower(hint.lower() + n);
+                if let Some(upper) = hint.upper() {
+                    h.set_upper(upper + n);
+                }
+                h
+            }
+        }
     }
 }

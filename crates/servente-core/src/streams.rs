@@ -12,12 +12,16 @@
 //!
 //! `send_timeout` for HTTP/2: a stream held back by the client's flow-control window never
 //! waits on the socket, so the connection's guard cannot see it. hyper asks a response body
-//! for its next piece only once the window has room; the body ([`crate::http`]) reports to
-//! [`pulled`] each time it is asked, and whether it then holds a piece not yet taken. A stream
-//! whose body has waited that long to be asked again is dropped, which resets it (h2 sends
-//! RST_STREAM with CANCEL) and frees what it held (an open file); the connection and its other
-//! streams go on. nginx applies its `send_timeout` to HTTP/2 streams the same way. A body
-//! waiting on its own source (an upstream, a file read) is not timed here.
+//! for its next piece only once the stream has room in h2's send buffer and in the client's
+//! window; the body ([`crate::http`]'s `TrackedBody`) hands out pieces of at most [`PIECE`]
+//! bytes and reports to [`pulled`] each time it is asked, and whether it handed a piece over
+//! (which then waits in h2 until the client's window lets it go). A stream that has handed a
+//! piece over and not been asked again for `send_timeout` (its client took none of the next
+//! 64 KiB) is dropped, which resets it (h2 sends RST_STREAM with CANCEL) and frees what it held
+//! (an open file); the connection and its other streams go on. A body waiting on its own
+//! source (an upstream, a file read) is not timed here. Not covered: the last piece, once
+//! handed over, ends the stream in hyper and stays in h2's buffer, bounded by the connection's
+//! idle timeout; tunnels over HTTP/2 (extended CONNECT) are not enabled.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -61,23 +65,28 @@ where
     }
 }
 
+/// Largest piece a watched stream's body hands to hyper at once (see the module docs).
+pub(crate) const PIECE: usize = 64 << 10;
+
 /// Where a stream's response body stands, as [`pulled`] last reported it.
 #[derive(Clone, Copy, Debug, Default)]
 struct Pull {
-    /// The body holds a piece (or a whole response) that hyper has not asked for yet.
+    /// The body handed a piece over and has not been asked for the next one yet.
     waiting: bool,
     /// hyper asked the body for a piece during this poll: the client made room.
     asked: bool,
 }
 
-/// Called by a response body when it is made (`asked` false) and each time hyper asks it for a
-/// piece (`asked` true); `waiting`: it now holds more to send that hyper has yet to ask for.
-/// Does nothing outside a watched HTTP/2 stream.
-pub(crate) fn pulled(asked: bool, waiting: bool) {
-    if let Some(mut p) = BODY.get() {
-        p.asked |= asked;
-        p.waiting = waiting;
-        BODY.set(Some(p));
+/// Whether a response body made now belongs to a watched HTTP/2 stream.
+pub(crate) fn watched() -> bool {
+    BODY.get().is_some()
+}
+
+/// Called by a watched stream's response body each time hyper asks it for a piece; `handed`:
+/// it handed one over (which waits for the client's window until hyper asks again).
+pub(crate) fn pulled(handed: bool) {
+    if BODY.get().is_some() {
+        BODY.set(Some(Pull { waiting: handed, asked: true }));
     }
 }
 
@@ -256,9 +265,9 @@ mod tests {
         assert!(QUEUE.with_borrow(|q| q.is_empty()));
     }
 
-    /// A response body's life as hyper would drive it: made with a piece waiting; asked after
-    /// 1 s, it waits 10 s on its source (longer than the timeout: not a stall); then it holds a
-    /// piece hyper never asks for. `step` tells how far it got.
+    /// A response body's life as hyper would drive it: asked at 0 s, it hands a piece over;
+    /// asked again at 1 s, it waits 10 s on its source (longer than the timeout: not a stall);
+    /// asked at 11 s, it hands a piece over that hyper never asks past. `step` tells how far it got.
     struct Scripted {
         step: Arc<AtomicUsize>,
         sleep: Pin<Box<Sleep>>,
@@ -270,17 +279,17 @@ mod tests {
         fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
             loop {
                 let step = self.step.load(Ordering::SeqCst);
-                let (asked, waiting, wait) = match step {
-                    0 => (false, true, 1),
-                    1 => (true, false, 10),
-                    2 => (true, true, 0),
+                let (handed, wait) = match step {
+                    0 => (true, 1),
+                    1 => (false, 10),
+                    2 => (true, 0),
                     // hyper never asks again: only the watch can end this stream.
                     _ => return Poll::Pending,
                 };
                 if step > 0 && self.sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                pulled(asked, waiting);
+                pulled(handed);
                 self.step.store(step + 1, Ordering::SeqCst);
                 let next = Instant::now() + Duration::from_secs(wait);
                 self.sleep.as_mut().reset(next);

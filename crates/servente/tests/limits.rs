@@ -183,25 +183,30 @@ fn a_client_that_stops_reading_is_cut_after_send_timeout() {
 }
 
 /// Over HTTP/2 a client that stops reading stalls its stream on the flow-control window, not
-/// on the socket: that stream is reset after `send_timeout`, while another stream on the same
-/// connection, read in bursts with pauses shorter than the limit, gets all of its file, and
-/// the connection serves new requests afterwards.
+/// on the socket: such a stream is reset after `send_timeout`, whether its file is large or
+/// fits in one piece, while another stream on the same connection, read in bursts with pauses
+/// shorter than the limit, gets all of its file; the connection serves new requests afterwards.
 #[test]
 fn http2_streams_whose_client_stops_reading_are_reset_after_send_timeout() {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
     let fx = fixture();
-    let big = 64 << 20;
-    let mid = 8 << 20;
+    let (big, small, mid) = (64 << 20, 100 << 10, 8 << 20);
     fx.write("root/big.bin", vec![1u8; big]);
+    fx.write("root/small.bin", vec![3u8; small]);
     fx.write("root/mid.bin", vec![2u8; mid]);
-    let server = fx.start(&limited("send_timeout = \"1s\"", ""));
+    let server = fx.start(&limited("send_timeout = \"2s\"", ""));
     let addr = server.addr("web");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2 handshake");
+        // A small window: the 100 KiB file (two pieces, the second its last) does not fit in it.
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(16 << 10)
+            .handshake(TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
         tokio::spawn(conn);
         let get = |path: &str| {
             let mut sender = sender.clone();
@@ -212,16 +217,14 @@ fn http2_streams_whose_client_stops_reading_are_reset_after_send_timeout() {
                 res.into_body()
             }
         };
-        let mut stalled = get("/big.bin").await;
+        let stalled = [(get("/big.bin").await, big), (get("/small.bin").await, small)];
         let started = Instant::now();
-        // Read in bursts of 2 MiB (hyper's stream window), each after a 600 ms pause.
+        // Read in bursts of 1 MiB, each after a 600 ms pause: 4.8 s in all, well past the limit.
         let mut steady = get("/mid.bin").await;
         let mut got = 0usize;
-        let mut pauses = 0;
         'read: loop {
             tokio::time::sleep(Duration::from_millis(600)).await;
-            pauses += 1;
-            let burst_end = got + (2 << 20);
+            let burst_end = got + (1 << 20);
             while got < burst_end {
                 match tokio::time::timeout(common::WAIT, steady.frame()).await.expect("the steady stream flows") {
                     Some(frame) => got += frame.expect("the steady stream is not cut").data_ref().map_or(0, |d| d.len()),
@@ -230,18 +233,18 @@ fn http2_streams_whose_client_stops_reading_are_reset_after_send_timeout() {
             }
         }
         assert_eq!(got, mid, "the steady stream got all of its file");
-        assert!(pauses >= 3, "the steady stream paused {pauses} times, fewer than the test needs");
-        // By now the stalled stream has waited more than a second: it ends short, with an error.
-        assert!(started.elapsed() > Duration::from_secs(2));
-        let mut read = 0usize;
-        let ended = loop {
-            match tokio::time::timeout(common::WAIT, stalled.frame()).await.expect("the stalled stream ends") {
-                Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
-                Some(Err(e)) => break Some(e),
-                None => break None,
-            }
-        };
-        assert!(ended.is_some() && read < big, "the stalled stream was not reset: {read} of {big} bytes, end {ended:?}");
+        assert!(started.elapsed() > Duration::from_secs(4), "the steady stream took less than twice the limit");
+        for (mut body, size) in stalled {
+            let mut read = 0usize;
+            let ended = loop {
+                match tokio::time::timeout(common::WAIT, body.frame()).await.expect("the stalled stream ends") {
+                    Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                    Some(Err(e)) => break Some(e),
+                    None => break None,
+                }
+            };
+            assert!(ended.is_some() && read < size, "a stalled stream was not reset: {read} of {size} bytes, end {ended:?}");
+        }
         // The connection itself goes on.
         let body = get("/").await.collect().await.expect("body").to_bytes();
         assert_eq!(body.as_ref(), b"index\n");
