@@ -7,12 +7,12 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use servente_auth::web::{Authenticated, authenticate, clear_session_cookie, credentials, session_cookie, set_session_cookie};
 use servente_auth::{Actor, AuthError, Client, DirError, NewUser, Principal, StoreError, UserPatch};
+use servente_core::RequestBody;
 use servente_core::{Body, RequestCx};
 use tokio::sync::oneshot;
 
@@ -118,7 +118,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Problem> + Se
 
 /// Reads a JSON body: 415 unless it says it is JSON, 413 past 64 KiB, 400 for bad syntax,
 /// 422 for well-formed JSON with wrong or unknown fields.
-async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Problem> {
+async fn read_json<T: DeserializeOwned>(req: Request<RequestBody>) -> Result<T, Problem> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -145,7 +145,7 @@ fn client(cx: &RequestCx) -> Client {
 }
 
 /// Answers one `/api/...` request.
-pub async fn handle(admin: &Admin, req: Request<Incoming>, cx: &mut RequestCx) -> Response<Body> {
+pub async fn handle(admin: &Admin, req: Request<RequestBody>, cx: &mut RequestCx) -> Response<Body> {
     match route(admin, req, cx).await {
         Ok(r) => r,
         Err(p) => problem_response(p),
@@ -156,7 +156,7 @@ fn segments(path: &str) -> Vec<&str> {
     path.trim_start_matches("/api").split('/').filter(|s| !s.is_empty()).collect()
 }
 
-async fn route(admin: &Admin, req: Request<Incoming>, cx: &mut RequestCx) -> ApiResult {
+async fn route(admin: &Admin, req: Request<RequestBody>, cx: &mut RequestCx) -> ApiResult {
     let path = req.uri().path().to_string();
     let seg = segments(&path);
     let method = req.method().clone();
@@ -384,7 +384,7 @@ async fn control<T>(admin: &Admin, make: impl FnOnce(oneshot::Sender<Result<T, V
     }
 }
 
-async fn authenticated(admin: &Admin, req: &Request<Incoming>, cx: &RequestCx) -> Result<Authenticated, Problem> {
+async fn authenticated(admin: &Admin, req: &Request<RequestBody>, cx: &RequestCx) -> Result<Authenticated, Problem> {
     let creds = credentials(req.headers());
     match authenticate(&admin.shared.directory, creds, &client(cx), admin.basic_over_plain_http).await? {
         Some(a) => Ok(a),
@@ -394,7 +394,7 @@ async fn authenticated(admin: &Admin, req: &Request<Incoming>, cx: &RequestCx) -
 
 /// State-changing requests made with a session cookie must carry the session's CSRF token
 /// (a page of another site can make the browser send the cookie, but cannot read the token).
-fn check_csrf(req: &Request<Incoming>, who: &Authenticated) -> Result<(), Problem> {
+fn check_csrf(req: &Request<RequestBody>, who: &Authenticated) -> Result<(), Problem> {
     if servente_auth::web::csrf_ok(req.headers(), who) {
         Ok(())
     } else {
@@ -429,7 +429,7 @@ struct SignInBody {
     password: String,
 }
 
-async fn sign_in(admin: &Admin, req: Request<Incoming>, cx: &mut RequestCx) -> ApiResult {
+async fn sign_in(admin: &Admin, req: Request<RequestBody>, cx: &mut RequestCx) -> ApiResult {
     let body: SignInBody = read_json(req).await?;
     let dir = admin.shared.directory.clone();
     let client = client(cx);
@@ -449,7 +449,7 @@ async fn sign_in(admin: &Admin, req: Request<Incoming>, cx: &mut RequestCx) -> A
     Ok(r)
 }
 
-async fn sign_out(admin: &Admin, req: &Request<Incoming>, actor: &Actor, tls: bool) -> ApiResult {
+async fn sign_out(admin: &Admin, req: &Request<RequestBody>, actor: &Actor, tls: bool) -> ApiResult {
     if let Some(cookie) = session_cookie(req.headers()).map(str::to_string) {
         let dir = admin.shared.directory.clone();
         let actor = actor.clone();

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use serde::Serialize;
 use servente_auth::Directory;
+use servente_core::RequestBody;
 use servente_core::metrics::{Metrics, SiteStats};
 use servente_core::{Body, RequestCx};
 use tokio::sync::{mpsc, oneshot};
@@ -84,7 +84,7 @@ impl Admin {
         Admin { shared, stats, config, sites, basic_over_plain_http }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, cx: &mut RequestCx) -> Response<Body> {
+    pub async fn handle(&self, req: Request<RequestBody>, cx: &mut RequestCx) -> Response<Body> {
         cx.site = Some(self.stats.clone());
         let path = req.uri().path();
         let mut r = match path {

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Body as _, Frame};
-use hyper::body::Incoming;
 use servente_config::FastCgi as FastCgiConfig;
+use servente_core::RequestBody;
 use servente_core::{Body, RequestCx, simple_response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
@@ -257,12 +257,16 @@ impl FastCgiRoute {
     }
 
     /// Runs a script and answers with its response, streamed.
-    pub async fn run(&self, req: Request<Incoming>, script: Arc<Script>, cx: &RequestCx) -> Response<Body> {
+    pub async fn run(&self, req: Request<RequestBody>, script: Arc<Script>, cx: &RequestCx) -> Response<Body> {
         match self.exchange(req, &script, cx).await {
             Ok(r) => r,
             Err(Failure::Timeout) => {
                 tracing::warn!(script = %script.name, fastcgi = %self.address, "FastCGI application did not answer within {:?}", self.timeout);
                 simple_response(StatusCode::GATEWAY_TIMEOUT, "gateway timeout: the FastCGI application did not answer in time\n")
+            }
+            Err(Failure::Client(e)) => {
+                tracing::debug!(script = %script.name, "the client's request body failed: {e}");
+                servente_core::request_body::body_failed(servente_core::request_body::is_timeout(&e))
             }
             Err(Failure::Other(e)) => {
                 tracing::warn!(script = %script.name, fastcgi = %self.address, "FastCGI request failed: {e}");
@@ -276,7 +280,7 @@ impl FastCgiRoute {
     /// showed as the largest item of the FastCGI path in profiles.
     /// `length`: the body's length when it was read ahead (see [`Buffered`]); otherwise the
     /// request's Content-Length goes as it is.
-    fn params(&self, req: &Request<Incoming>, script: &Script, cx: &RequestCx, length: Option<u64>) -> Vec<u8> {
+    fn params(&self, req: &Request<RequestBody>, script: &Script, cx: &RequestCx, length: Option<u64>) -> Vec<u8> {
         use std::fmt::Write as _;
         let mut out = Vec::with_capacity(1024);
         let mut put = |name: &str, value: &[u8]| encode_param(&mut out, name, value);
@@ -398,7 +402,7 @@ impl FastCgiRoute {
         }
     }
 
-    async fn exchange(&self, mut req: Request<Incoming>, script: &Script, cx: &RequestCx) -> Result<Response<Body>, Failure> {
+    async fn exchange(&self, mut req: Request<RequestBody>, script: &Script, cx: &RequestCx) -> Result<Response<Body>, Failure> {
         // A body without a declared length (chunked HTTP/1.1, HTTP/2 DATA frames alone) is read
         // first: applications take the body's length from CONTENT_LENGTH and see no body
         // without it.
@@ -512,6 +516,9 @@ impl FastCgiRoute {
 enum Failure {
     /// It did not answer within the route's timeout (504).
     Timeout,
+    /// The client's body failed: it stopped coming (408) or broke off (400). Not the
+    /// application's fault.
+    Client(io::Error),
     /// Anything else (502), said in one line.
     Other(String),
 }
@@ -540,7 +547,7 @@ impl Buffered {
     const IN_MEMORY: usize = 256 << 10;
 
     /// The body, or None when it is longer than `max`.
-    async fn read(body: &mut Incoming, max: u64) -> Result<Option<Buffered>, Failure> {
+    async fn read(body: &mut RequestBody, max: u64) -> Result<Option<Buffered>, Failure> {
         let mut mem = BytesMut::new();
         let mut file: Option<(tokio::fs::File, u64)> = None;
         let spill = |e: io::Error| Failure::Other(format!("cannot keep the request body in a temporary file: {e}"));
@@ -619,9 +626,9 @@ enum Next {
 }
 
 /// The next data of a request body that may still bring `left` bytes (counted down).
-async fn next_data(body: &mut Incoming, left: &mut u64) -> Result<Next, Failure> {
+async fn next_data(body: &mut RequestBody, left: &mut u64) -> Result<Next, Failure> {
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
-        let frame = frame.map_err(|e| format!("the client's body broke off: {e}"))?;
+        let frame = frame.map_err(Failure::Client)?;
         let Ok(data) = frame.into_data() else { continue };
         if data.is_empty() {
             continue;

@@ -16,6 +16,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use servente_config::{ProxyRoute as RouteConfig, UpstreamProtocol};
+use servente_core::RequestBody;
 use servente_core::{Body, RequestCx, simple_response};
 
 use crate::h1::{self, HOP_BY_HOP};
@@ -39,7 +40,7 @@ pub fn empty_body() -> UpBody {
 /// The client's body on its way upstream, stopped with an error past `limit` bytes (bodies
 /// without a Content-Length are only bounded here); `tripped` tells the proxy to answer 413.
 pub struct CappedBody {
-    inner: Incoming,
+    inner: RequestBody,
     left: u64,
     state: Arc<BodyState>,
 }
@@ -51,10 +52,13 @@ pub struct BodyState {
     tripped: std::sync::atomic::AtomicBool,
     /// Pieces hyper has taken (and the end): while this moves, the upstream is reading.
     moved: std::sync::atomic::AtomicU64,
+    /// The client's body failed (0: no; 1: it stopped coming; 2: it broke off): the request
+    /// fails for the client's sake, and the upstream is not blamed.
+    client_failed: std::sync::atomic::AtomicU8,
 }
 
 impl CappedBody {
-    pub fn new(inner: Incoming, limit: u64, state: Arc<BodyState>) -> Self {
+    pub fn new(inner: RequestBody, limit: u64, state: Arc<BodyState>) -> Self {
         CappedBody { inner, left: limit, state }
     }
 }
@@ -87,7 +91,11 @@ impl http_body::Body for CappedBody {
                 this.state.moved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                let how = if servente_core::request_body::is_timeout(&e) { 1 } else { 2 };
+                this.state.client_failed.store(how, std::sync::atomic::Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(None) => {
                 this.state.moved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Poll::Ready(None)
@@ -313,7 +321,7 @@ impl ProxyRoute {
         })
     }
 
-    pub async fn handle(&self, mut req: Request<Incoming>, cx: &RequestCx) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<RequestBody>, cx: &RequestCx) -> Response<Body> {
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // From the body itself, not its headers: an HTTP/2 request may carry DATA frames with
@@ -454,6 +462,15 @@ impl ProxyRoute {
                         let mut r = simple_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
                         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                         return r;
+                    }
+                    Err(SendError::Failed(e))
+                        if let Some(how) = body_state
+                            .as_ref()
+                            .map(|s| s.client_failed.load(std::sync::atomic::Ordering::Relaxed))
+                            .filter(|how| *how != 0) =>
+                    {
+                        tracing::debug!(upstream = %self.upstream.name, server = %server.address, "the client's request body failed: {e}");
+                        return servente_core::request_body::body_failed(how == 1);
                     }
                     Err(SendError::Failed(e)) => {
                         if reused && fresh_tries > 1 {

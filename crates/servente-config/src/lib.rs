@@ -135,6 +135,7 @@ pub struct Limits {
     pub header_read_timeout: Seconds,
     pub idle_timeout: Seconds,
     pub send_timeout: Seconds,
+    pub body_read_timeout: Seconds,
     pub tls_handshake_timeout: Seconds,
     pub max_header_bytes: ByteSize,
     pub max_headers: usize,
@@ -157,7 +158,12 @@ impl Section for Limits {
             send_timeout: t.field(
                 "send_timeout",
                 Seconds(Duration::from_secs(60)),
-                "Longest wait for room to write to a client (one that does not read, or reads very slowly: the kernel frees room a third of the send buffer at a time); then the connection is closed, as with nginx's send_timeout. Applies to tunnels (WebSocket) too, and to each HTTP/2 stream whose client's flow-control window stays shut that long: that stream is reset, the connection goes on. 0: no limit.",
+                "Longest wait for room to write to a client (one that does not read, or reads very slowly: the kernel frees room a third of the send buffer at a time); then the connection is closed, as with nginx's send_timeout. Applies to tunnels (WebSocket) too, and to each HTTP/2 stream whose client takes none of its next 64 KiB that long (its flow-control window stays shut): that stream is reset, the connection goes on. 0: no limit.",
+            ),
+            body_read_timeout: t.field(
+                "body_read_timeout",
+                Seconds(Duration::from_secs(60)),
+                "Longest wait for the next piece of a request body while a role is reading it (a client that stops sending an upload, or vanishes without closing); then the body fails and the request ends (the connection is closed, or the HTTP/2 stream reset), as with nginx's client_body_timeout. A role busy with what it already has is not timed. 0: no limit.",
             ),
             tls_handshake_timeout: t.field(
                 "tls_handshake_timeout",

@@ -14,7 +14,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::FutureExt as _;
@@ -26,6 +26,7 @@ use hyper::body::Incoming;
 use crate::access_log::{AccessLogger, AccessRecord};
 use crate::guard::{ConnState, InFlightRequest};
 use crate::metrics::{Metrics, SiteStats};
+use crate::request_body::RequestBody;
 
 /// A response body: nothing, bytes in memory, or a stream (files, compression, proxies).
 pub enum Body {
@@ -106,12 +107,12 @@ pub struct RequestCx {
 /// What an HTTP role implements. One value serves every request of a config generation; on
 /// reload the core swaps in a new one while requests in flight finish on the old one.
 pub trait Router: Send + Sync + 'static {
-    fn handle<'a>(&'a self, req: Request<Incoming>, cx: &'a mut RequestCx) -> impl Future<Output = Response<Body>> + Send + 'a;
+    fn handle<'a>(&'a self, req: Request<RequestBody>, cx: &'a mut RequestCx) -> impl Future<Output = Response<Body>> + Send + 'a;
 
     /// The largest request body this request may send, asked when its declared Content-Length
     /// passes `cx.max_body` (`limits.max_body_bytes`); a role that takes large bodies itself
     /// (file uploads, bounded by quotas instead) answers more.
-    fn body_limit(&self, _req: &Request<Incoming>, cx: &RequestCx) -> u64 {
+    fn body_limit(&self, _req: &Request<RequestBody>, cx: &RequestCx) -> u64 {
         cx.max_body
     }
 }
@@ -145,6 +146,8 @@ pub(crate) struct Engine {
     pub metrics: Arc<Metrics>,
     pub access_log: arc_swap::ArcSwap<AccessLogger>,
     pub max_body_bytes: std::sync::atomic::AtomicU64,
+    /// `limits.body_read_timeout` in milliseconds.
+    pub body_read_timeout_ms: std::sync::atomic::AtomicU64,
     pub unknown_site: Arc<SiteStats>,
 }
 
@@ -161,6 +164,8 @@ pub(crate) async fn serve_request<R: Router>(
     let log = engine.access_log.load();
     let log_fields = log.enabled().then(|| LogFields::from_request(&req));
     let max_body = engine.max_body_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let body_timeout = Duration::from_millis(engine.body_read_timeout_ms.load(std::sync::atomic::Ordering::Relaxed));
+    let req = req.map(|b| RequestBody::new(b, body_timeout));
     let mut cx = RequestCx {
         listener: conn.listener.clone(),
         listener_index: conn.listener_index,
@@ -262,7 +267,7 @@ struct LogFields {
 }
 
 impl LogFields {
-    fn from_request(req: &Request<Incoming>) -> Self {
+    fn from_request<B>(req: &Request<B>) -> Self {
         let h = |name: header::HeaderName| req.headers().get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         LogFields {
             method: req.method().as_str().to_string(),

@@ -14,10 +14,12 @@ pub mod lazy_timer;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
+pub mod request_body;
 pub mod sendfile;
 pub mod server;
 pub mod streams;
 pub mod tls;
 
 pub use http::{Body, RequestCx, Router, redirect, refused, simple_response};
+pub use request_body::RequestBody;
 pub use server::{Bound, ListenerSpec, Server, Settings};

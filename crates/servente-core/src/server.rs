@@ -45,6 +45,7 @@ pub struct Settings {
     tls_handshake_timeout: Duration,
     max_connections: usize,
     max_body_bytes: u64,
+    body_read_timeout: Duration,
     /// Protocol detection by preface (cleartext), and the two fixed by TLS ALPN; built once so
     /// a connection borrows one instead of cloning it.
     builder: auto::Builder<StreamExec>,
@@ -88,6 +89,7 @@ impl Settings {
             tls_handshake_timeout: l.tls_handshake_timeout.0,
             max_connections: config.server.max_connections,
             max_body_bytes: l.max_body_bytes.0,
+            body_read_timeout: l.body_read_timeout.0,
             http1_only: builder.clone().http1_only(),
             http2_only: builder.clone().http2_only(),
             builder,
@@ -166,6 +168,7 @@ impl<R: Router> Server<R> {
             metrics,
             access_log: ArcSwap::from_pointee(access_log),
             max_body_bytes: settings.max_body_bytes.into(),
+            body_read_timeout_ms: (settings.body_read_timeout.as_millis() as u64).into(),
         });
         Server {
             shared: Arc::new(Shared {
@@ -197,6 +200,7 @@ impl<R: Router> Server<R> {
         self.apply_listeners(listeners, || {
             self.shared.router.store(Arc::new(router));
             self.shared.engine.max_body_bytes.store(settings.max_body_bytes, Relaxed);
+            self.shared.engine.body_read_timeout_ms.store(settings.body_read_timeout.as_millis() as u64, Relaxed);
             self.shared.settings.store(Arc::new(settings));
             if let Some(log) = access_log {
                 self.shared.engine.access_log.store(Arc::new(log));

@@ -10,11 +10,11 @@ use bytes::Bytes;
 use dav_server::davpath::DavPath;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use servente_auth::web::{Authenticated, clear_session_cookie, session_cookie, set_session_cookie};
 use servente_auth::{Actor, Principal};
+use servente_core::RequestBody;
 use servente_core::{Body, RequestCx};
 
 use crate::FilesRole;
@@ -39,13 +39,13 @@ pub(crate) fn problem(status: StatusCode, msg: impl std::fmt::Display) -> Respon
 /// Largest chunk of a resumable upload (the page sends 8 MiB).
 const MAX_CHUNK: usize = 64 << 20;
 
-pub async fn handle(role: &FilesRole, mount: &str, rest: &str, req: Request<Incoming>, cx: &mut RequestCx) -> Response<Body> {
+pub async fn handle(role: &FilesRole, mount: &str, rest: &str, req: Request<RequestBody>, cx: &mut RequestCx) -> Response<Body> {
     match route(role, mount, rest, req, cx).await {
         Ok(r) | Err(r) => r,
     }
 }
 
-async fn route(role: &FilesRole, mount: &str, rest: &str, req: Request<Incoming>, cx: &mut RequestCx) -> ApiResult {
+async fn route(role: &FilesRole, mount: &str, rest: &str, req: Request<RequestBody>, cx: &mut RequestCx) -> ApiResult {
     let seg: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
     if let (&Method::POST, ["session"]) = (&method, seg.as_slice()) {
@@ -151,7 +151,7 @@ fn resolve(role: &FilesRole, p: &Principal, path: &str) -> Result<(DavPath, Node
     Ok((dav, node))
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<RequestBody>) -> Result<T, Response<Body>> {
     let body = http_body_util::Limited::new(req.into_body(), 64 << 10)
         .collect()
         .await
@@ -195,7 +195,7 @@ struct SignInBody {
     password: String,
 }
 
-async fn sign_in(role: &FilesRole, req: Request<Incoming>, cx: &mut RequestCx) -> ApiResult {
+async fn sign_in(role: &FilesRole, req: Request<RequestBody>, cx: &mut RequestCx) -> ApiResult {
     let Some(dir) = role.directory.clone() else {
         return Err(problem(StatusCode::SERVICE_UNAVAILABLE, "sign-in is unavailable: the user directory is not open"));
     };
@@ -230,7 +230,7 @@ async fn sign_in(role: &FilesRole, req: Request<Incoming>, cx: &mut RequestCx) -
     Ok(r)
 }
 
-async fn sign_out(role: &FilesRole, req: &Request<Incoming>, p: &Principal, cx: &RequestCx) -> ApiResult {
+async fn sign_out(role: &FilesRole, req: &Request<RequestBody>, p: &Principal, cx: &RequestCx) -> ApiResult {
     if let (Some(dir), Some(cookie)) = (role.directory.clone(), session_cookie(req.headers()).map(str::to_string)) {
         let actor = Actor { name: p.user.clone(), client: FilesRole::client(cx).label() };
         let _ = tokio::task::spawn_blocking(move || dir.end_session(&cookie, &actor)).await;
@@ -269,7 +269,7 @@ struct NewShare {
     password: Option<String>,
 }
 
-async fn create_share(role: &FilesRole, mount: &str, p: &Principal, req: Request<Incoming>) -> ApiResult {
+async fn create_share(role: &FilesRole, mount: &str, p: &Principal, req: Request<RequestBody>) -> ApiResult {
     let body: NewShare = read_json(req).await?;
     let (dav, node) = resolve(role, p, &body.path)?;
     match node {
@@ -317,7 +317,7 @@ struct NewUpload {
     size: u64,
 }
 
-async fn start_upload(role: &FilesRole, p: &Principal, req: Request<Incoming>) -> ApiResult {
+async fn start_upload(role: &FilesRole, p: &Principal, req: Request<RequestBody>) -> ApiResult {
     let body: NewUpload = read_json(req).await?;
     // Abandoned uploads give their room back before a new one asks for it.
     let uploads = role.uploads.clone();
@@ -385,7 +385,7 @@ fn check_target(role: &FilesRole, dav: &DavPath, node: &Node, size: u64) -> Resu
     Ok(old)
 }
 
-async fn upload_chunk(role: &FilesRole, p: &Principal, id: &str, req: Request<Incoming>) -> ApiResult {
+async fn upload_chunk(role: &FilesRole, p: &Principal, id: &str, req: Request<RequestBody>) -> ApiResult {
     let offset = req
         .headers()
         .get("upload-offset")

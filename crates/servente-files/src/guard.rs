@@ -38,7 +38,7 @@ fn writable(node: &Node, what: &'static str) -> Check {
     }
 }
 
-pub async fn check(st: &Storage, who: &Principal, mount: &str, req: &Request<hyper::body::Incoming>) -> Check {
+pub async fn check(st: &Storage, who: &Principal, mount: &str, req: &Request<servente_core::RequestBody>) -> Check {
     let path = req.uri().path();
     let method = req.method();
     match method.as_str() {
@@ -98,7 +98,7 @@ pub async fn check(st: &Storage, who: &Principal, mount: &str, req: &Request<hyp
     Ok(())
 }
 
-fn destination(req: &Request<hyper::body::Incoming>) -> Option<Result<http::Uri, Response<Body>>> {
+fn destination(req: &Request<servente_core::RequestBody>) -> Option<Result<http::Uri, Response<Body>>> {
     let d = req.headers().get("destination")?;
     Some(
         d.to_str()
@@ -163,7 +163,7 @@ fn parse_if(text: &str) -> Option<Vec<List>> {
 
 /// An If header is a set of alternatives; one whose lock token no lock holds can never be
 /// true. When none can be, the answer is 412 (dav-server would go on as if it were true).
-async fn unheld_tokens(req: &Request<hyper::body::Incoming>, mount: &str) -> Check {
+async fn unheld_tokens(req: &Request<servente_core::RequestBody>, mount: &str) -> Check {
     let Some(text) = req.headers().get("if").and_then(|v| v.to_str().ok()) else { return Ok(()) };
     let Some(lists) = parse_if(text) else { return Ok(()) };
     if lists.is_empty() {

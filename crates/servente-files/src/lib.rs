@@ -31,10 +31,10 @@ use bytes::Bytes;
 use dav_server::{DavConfig, DavHandler};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use servente_auth::web::{Authenticated, sign_in_user};
 use servente_auth::{Acl, Client, Directory, Level, Subject};
 use servente_config::Config;
+use servente_core::RequestBody;
 use servente_core::{Body, RequestCx, simple_response};
 
 use crate::fs::{Caller, ServenteFs, Storage, StorageSettings};
@@ -118,7 +118,7 @@ impl FilesRole {
     }
 
     /// Answers a request whose path starts with `mount`.
-    pub async fn handle(&self, mount: &str, req: Request<Incoming>, cx: &mut RequestCx) -> Response<Body> {
+    pub async fn handle(&self, mount: &str, req: Request<RequestBody>, cx: &mut RequestCx) -> Response<Body> {
         let rest = req.uri().path()[mount.len()..].to_string();
         if rest == "dav" || rest.starts_with("dav/") {
             return self.webdav(mount, req, cx).await;
@@ -140,7 +140,7 @@ impl FilesRole {
 
     /// Signs the request in; the error is the response to send (401 with a Basic challenge
     /// where Basic is accepted, 403, 429).
-    pub(crate) async fn sign_in(&self, req: &Request<Incoming>, cx: &mut RequestCx) -> Result<Authenticated, Response<Body>> {
+    pub(crate) async fn sign_in(&self, req: &Request<RequestBody>, cx: &mut RequestCx) -> Result<Authenticated, Response<Body>> {
         let Some(dir) = &self.directory else {
             return Err(simple_response(StatusCode::SERVICE_UNAVAILABLE, "sign-in is unavailable: the user directory is not open\n"));
         };
@@ -160,7 +160,7 @@ impl FilesRole {
         }
     }
 
-    async fn webdav(&self, mount: &str, mut req: Request<Incoming>, cx: &mut RequestCx) -> Response<Body> {
+    async fn webdav(&self, mount: &str, mut req: Request<RequestBody>, cx: &mut RequestCx) -> Response<Body> {
         let Some(handler) = self.dav.get(mount) else {
             return simple_response(StatusCode::NOT_FOUND, "not found\n");
         };
@@ -208,6 +208,9 @@ impl FilesRole {
             let (parts, body) = req.into_parts();
             let body = match http_body_util::Limited::new(body, self.max_xml as usize).collect().await {
                 Ok(b) => b.to_bytes(),
+                Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(servente_core::request_body::is_timeout) => {
+                    return servente_core::request_body::body_failed(true);
+                }
                 Err(_) => return simple_response(StatusCode::PAYLOAD_TOO_LARGE, "the XML body is too large or was cut off\n"),
             };
             let depth1 = match parts.headers.get("depth").map(|d| d.as_bytes()) {
@@ -266,7 +269,14 @@ impl FilesRole {
                 _ => resp,
             }
         } else {
-            handler.handle_guarded(req, user, caller).await
+            let mut req = req;
+            let stalled = req.body_mut().timeout_signal();
+            let resp = handler.handle_guarded(req, user, caller).await;
+            if stalled.load(std::sync::atomic::Ordering::Relaxed) {
+                // dav-server answers a failed body read by its kind (504 for a timeout).
+                return servente_core::request_body::body_failed(true);
+            }
+            resp
         };
         let mut resp = resp.map(Body::stream);
         if get {
@@ -364,7 +374,7 @@ fn report_missing(requested: &[(String, String)], xml: &[u8]) -> Option<Vec<u8>>
 /// Refuses what dav-server would take badly or that no client needs: control characters in
 /// names (they break listings, logs and other clients), a Destination outside this server's
 /// WebDAV space, oversized XML bodies.
-fn check_request(req: &Request<Incoming>, max_xml: u64) -> Result<(), Response<Body>> {
+fn check_request(req: &Request<RequestBody>, max_xml: u64) -> Result<(), Response<Body>> {
     let bad = |p: &str| percent_encoding::percent_decode_str(p).any(|b| b < 0x20 || b == 0x7f);
     let dots = |p: &str| {
         p.split('/').any(|s| {

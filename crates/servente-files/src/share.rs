@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use servente_core::RequestBody;
 use servente_core::{Body, RequestCx};
 
 use crate::FilesRole;
 use crate::db::Share;
 
-pub async fn handle(role: &FilesRole, mount: &str, link: &str, req: Request<Incoming>, cx: &mut RequestCx) -> Response<Body> {
+pub async fn handle(role: &FilesRole, mount: &str, link: &str, req: Request<RequestBody>, cx: &mut RequestCx) -> Response<Body> {
     let (id, sub) = link.split_once('/').map(|(i, s)| (i, Some(s))).unwrap_or((link, None));
     let st = role.st.clone();
     let id2 = id.to_string();
@@ -118,7 +118,7 @@ fn inside(root: &Path, share: &Share, sub: Option<&str>) -> Option<(PathBuf, Str
     Some((p, shown))
 }
 
-async fn ask_password(req: Request<Incoming>, base: &str, cookie: &str, want: &str, hash: &str, cx: &RequestCx) -> Response<Body> {
+async fn ask_password(req: Request<RequestBody>, base: &str, cookie: &str, want: &str, hash: &str, cx: &RequestCx) -> Response<Body> {
     let form = |msg: &str| {
         page(
             StatusCode::UNAUTHORIZED,

@@ -18,11 +18,11 @@ use foldhash::fast::RandomState;
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use servente_apps::upstream::Upstream;
 use servente_auth::web::sign_in_user;
 use servente_auth::{Acl, Client, Directory, Level};
 use servente_config::{Config, ListenerRole};
+use servente_core::RequestBody;
 use servente_core::metrics::Metrics;
 use servente_core::{Body, RequestCx, simple_response};
 use servente_files::FilesRole;
@@ -140,7 +140,7 @@ impl WebRole {
     /// is made in a statement of its own: a future moved into a box in the statement that
     /// awaits it still takes its full size in this future (rustc keeps the moved-from
     /// temporary's storage until the statement ends).
-    pub async fn handle(&self, req: Request<Incoming>, cx: &mut RequestCx) -> Response<Body> {
+    pub async fn handle(&self, req: Request<RequestBody>, cx: &mut RequestCx) -> Response<Body> {
         match self.site_for(&req, cx) {
             Some(site) => {
                 cx.site = Some(site.stats.clone());

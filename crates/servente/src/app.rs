@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use servente_admin::{AccessInfo, Admin, ConfigView, Shared, SiteInfo};
 use servente_apps::upstream::Upstream;
 use servente_config::{Config, ConfigError, ListenerRole};
+use servente_core::RequestBody;
 use servente_core::metrics::Metrics;
 use servente_core::tls::{self, SniResolver};
 use servente_core::{Body, ListenerSpec, RequestCx, Router};
@@ -23,7 +23,7 @@ pub struct AppRouter {
 }
 
 impl Router for AppRouter {
-    async fn handle<'a>(&'a self, req: Request<Incoming>, cx: &'a mut RequestCx) -> Response<Body> {
+    async fn handle<'a>(&'a self, req: Request<RequestBody>, cx: &'a mut RequestCx) -> Response<Body> {
         // Debug builds only, and only when asked: lets the tests prove a panicking handler ends
         // one request, never the process.
         #[cfg(debug_assertions)]
@@ -54,7 +54,7 @@ impl Router for AppRouter {
         }
     }
 
-    fn body_limit(&self, req: &Request<Incoming>, cx: &RequestCx) -> u64 {
+    fn body_limit(&self, req: &Request<RequestBody>, cx: &RequestCx) -> u64 {
         match self.roles.get(cx.listener_index) {
             Some((_, ListenerRole::Web)) => self.web.body_limit(req, cx),
             _ => cx.max_body,

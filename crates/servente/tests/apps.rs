@@ -1117,6 +1117,36 @@ fn chunked_upload_over_max_body_bytes_is_refused() {
     drop(good);
 }
 
+/// A client that starts an upload to a proxied app and then sends nothing more gets 408 after
+/// `limits.body_read_timeout`, and its connection is closed; the upstream is not blamed (with
+/// `max_fails = 1` one failure would take it out), so the next request goes through.
+#[test]
+fn a_stalled_upload_through_the_proxy_gets_408_and_spares_the_upstream() {
+    let good = Helper::upstream("good");
+    let fx = Fixture::new();
+    let toml = config(
+        "[limits]\nbody_read_timeout = \"1s\"",
+        &format!(
+            "[[upstream]]\nname = \"good\"\nservers = [\"{}\"]\nmax_fails = 1\nfail_timeout = \"60s\"\n\n[[site]]\nname = \"main\"\n\n[[site.proxy]]\npath = \"/good/\"\nupstream = \"good\"\nstrip_prefix = \"/good\"\n",
+            good.addr
+        ),
+    );
+    let server = fx.start(&toml);
+    let started = Instant::now();
+    let (first, _, closed) = raw_exchange(
+        &server.addr("web"),
+        b"POST /good/echo/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nthe start of a body that stops",
+    );
+    let waited = started.elapsed();
+    assert_eq!(first.as_ref().map(|r| r.status), Some(408), "{first:?}");
+    assert!(closed, "the connection stayed open");
+    assert!(waited > Duration::from_millis(800), "answered after {waited:?}");
+    let e = echo(&[&format!("{}/good/echo/after", server.url("web"))]);
+    assert_eq!(e["target"].as_str(), Some("/echo/after"), "{e}");
+    drop(server);
+    drop(good);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. WebSocket
 

@@ -1188,6 +1188,33 @@ fn interrupted_put_leaves_the_old_file() {
     assert_eq!(dav.get(ALICE, "/users/alice/doc.bin").text(), "the new version\n");
 }
 
+/// A client that starts an upload and then sends nothing more (stalled, or gone without
+/// closing its connection) is cut after `limits.body_read_timeout`: the connection is closed,
+/// the temporary file goes, and the old file stays.
+#[test]
+fn a_stalled_upload_is_cut_after_body_read_timeout() {
+    let dav = Dav::start("[limits]\nbody_read_timeout = \"1s\"\n");
+    dav.put_ok(ALICE, "/users/alice/doc.bin", b"the old version\n");
+    let mut s = connect(&dav.server.addr("web"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    let auth = base64(format!("{}:{}", ALICE.0, ALICE.1).as_bytes());
+    write!(s, "PUT /files/dav/users/alice/doc.bin HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {auth}\r\nContent-Length: 100000\r\n\r\nshort").expect("send");
+    assert!(wait_until(Duration::from_secs(10), || !dav.temp_files().is_empty()), "the upload began");
+    let stalled = Instant::now();
+    let mut answer = Vec::new();
+    let end = s.read_to_end(&mut answer);
+    let waited = stalled.elapsed();
+    assert!(
+        end.is_ok() || end.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the connection was not closed: {end:?}"
+    );
+    assert!(waited > Duration::from_millis(500) && waited < Duration::from_secs(6), "closed after {waited:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "answered {answer}");
+    assert!(wait_until(Duration::from_secs(10), || dav.temp_files().is_empty()), "temp file left: {:?}", dav.temp_files());
+    assert_eq!(dav.get(ALICE, "/users/alice/doc.bin").text(), "the old version\n");
+}
+
 /// kill -9 of servente during an upload: after the restart the old file is intact, the
 /// temporary file is swept, and dead properties are still there (SQLite).
 #[test]
