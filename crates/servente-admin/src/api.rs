@@ -132,6 +132,9 @@ async fn read_json<T: DeserializeOwned>(req: Request<RequestBody>) -> Result<T, 
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than 64 KiB"));
         }
+        Err(e) if servente_core::request_body::timed_out_in(&*e) => {
+            return Err(Problem::new(StatusCode::REQUEST_TIMEOUT, "the body stopped coming (limits.body_read_timeout)"));
+        }
         Err(e) => return Err(Problem::new(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))),
     };
     serde_json::from_slice(&bytes).map_err(|e| {

@@ -55,6 +55,9 @@ pub struct BodyState {
     /// The client's body failed (0: no; 1: it stopped coming; 2: it broke off): the request
     /// fails for the client's sake, and the upstream is not blamed.
     client_failed: std::sync::atomic::AtomicU8,
+    /// hyper is waiting for the client's next piece: the upstream is not the slow one, so
+    /// `response_timeout` does not run (`body_read_timeout` does).
+    awaiting_client: std::sync::atomic::AtomicBool,
 }
 
 impl CappedBody {
@@ -80,7 +83,9 @@ impl http_body::Body for CappedBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, pool::BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.state.awaiting_client.store(polled.is_pending(), std::sync::atomic::Ordering::Relaxed);
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 let n = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if n > this.left {
@@ -644,11 +649,12 @@ async fn send(client: Client, req: Request<UpBody>, timeout: std::time::Duration
     };
     tokio::pin!(fut);
     let moved = || body.map_or(0, |b| b.moved.load(std::sync::atomic::Ordering::Relaxed));
+    let awaiting_client = || body.is_some_and(|b| b.awaiting_client.load(std::sync::atomic::Ordering::Relaxed));
     let mut seen = moved();
     loop {
         match tokio::time::timeout(timeout, &mut fut).await {
             Ok(r) => return r,
-            Err(_) if moved() != seen => seen = moved(),
+            Err(_) if moved() != seen || awaiting_client() => seen = moved(),
             Err(_) => return Err(SendError::Timeout),
         }
     }

@@ -8,12 +8,13 @@
 //! asks for the next piece and none has come for `body_read_timeout`, the body fails with
 //! [`io::ErrorKind::TimedOut`], as nginx's `client_body_timeout`. A role that is not asking
 //! (busy with what it already has, or waiting on an upstream that reads slowly) is not timed.
-//! After that error the body keeps failing; it never reports an early end as a complete body.
+//! After that error the body keeps failing; it never reports an early end as a complete body
+//! (nor does it let through hyper's clean end of an HTTP/2 body reset short of its length).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,8 +36,8 @@ pub struct RequestBody {
     /// Made the first time a piece is awaited, then kept.
     sleep: Option<Pin<Box<Sleep>>>,
     timed_out: bool,
-    /// Set when the body times out, for a role that hands the body on (see [`Self::timeout_signal`]).
-    signal: Option<Arc<AtomicBool>>,
+    /// Set when the body fails, for a role that hands the body on (see [`Self::failure_signal`]).
+    signal: Option<Arc<FailureSignal>>,
 }
 
 impl RequestBody {
@@ -44,11 +45,16 @@ impl RequestBody {
         RequestBody { inner, timeout, deadline: None, sleep: None, timed_out: false, signal: None }
     }
 
-    /// A flag set if this body times out: for a role that hands the body to code of its own
-    /// (a WebDAV engine, an upstream request) and must tell a client that stopped sending
-    /// (408) from other failures.
-    pub fn timeout_signal(&mut self) -> Arc<AtomicBool> {
+    /// Set if this body fails on the client's side: for a role that hands the body to code of
+    /// its own (a WebDAV engine) that would answer such a failure as its own (502, 504).
+    pub fn failure_signal(&mut self) -> Arc<FailureSignal> {
         self.signal.get_or_insert_with(Default::default).clone()
+    }
+
+    fn failed(&mut self, how: u8) {
+        if let Some(s) = &self.signal {
+            s.0.store(how, Ordering::Relaxed);
+        }
     }
 
     fn timed_out(&self) -> io::Error {
@@ -57,9 +63,32 @@ impl RequestBody {
     }
 }
 
+/// How a request body failed, once it has (see [`RequestBody::failure_signal`]).
+#[derive(Debug, Default)]
+pub struct FailureSignal(AtomicU8);
+
+impl FailureSignal {
+    const TIMED_OUT: u8 = 1;
+    const BROKE_OFF: u8 = 2;
+
+    /// The answer owed to the client ([`body_failed`]) if the body failed.
+    pub fn answer(&self) -> Option<Response<Body>> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            how => Some(body_failed(how == Self::TIMED_OUT)),
+        }
+    }
+}
+
 /// Whether a body read failed because the client stopped sending (`body_read_timeout`).
 pub fn is_timeout(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::TimedOut
+}
+
+/// Whether `e`, a body error as a collecting wrapper (`http_body_util::Limited`) boxes it, is a
+/// [`RequestBody`] timeout.
+pub fn timed_out_in(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<io::Error>().is_some_and(is_timeout)
 }
 
 /// The answer to a request whose body failed on the client's side: 408 when it stopped coming
@@ -85,6 +114,20 @@ impl http_body::Body for RequestBody {
             return Poll::Ready(Some(Err(this.timed_out())));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                this.failed(FailureSignal::BROKE_OFF);
+                Poll::Ready(Some(Err(io::Error::other(e))))
+            }
+            // hyper ends an HTTP/2 body that the client reset with NO_ERROR as if it were
+            // complete; short of its declared length it broke off.
+            Poll::Ready(None) if this.inner.size_hint().lower() > 0 => {
+                this.failed(FailureSignal::BROKE_OFF);
+                let left = this.inner.size_hint().lower();
+                Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the body ended {left} bytes short of its length"),
+                ))))
+            }
             Poll::Ready(frame) => {
                 this.deadline = None;
                 Poll::Ready(frame.map(|r| r.map_err(io::Error::other)))
@@ -95,9 +138,7 @@ impl http_body::Body for RequestBody {
                 let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if crate::lazy_timer::poll_until(sleep, deadline, cx).is_ready() {
                     this.timed_out = true;
-                    if let Some(s) = &this.signal {
-                        s.store(true, Ordering::Relaxed);
-                    }
+                    this.failed(FailureSignal::TIMED_OUT);
                     return Poll::Ready(Some(Err(this.timed_out())));
                 }
                 Poll::Pending

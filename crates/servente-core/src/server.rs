@@ -79,6 +79,12 @@ impl Settings {
             .timer(TokioTimer::new())
             .max_header_list_size(max_header as u32)
             .max_concurrent_streams(256)
+            // hyper's default lets one stream take the whole connection window (1 MiB each): a
+            // stream whose role is not reading its body (a slow upstream) would then stop the
+            // client's uploads on every other stream, which `body_read_timeout` would cut. Four
+            // such streams are needed now; the unread bytes a connection can hold stay bounded.
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
             .keep_alive_interval(None);
         Settings {
             guard: GuardLimits {

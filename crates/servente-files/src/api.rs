@@ -155,7 +155,10 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<RequestBody>) ->
     let body = http_body_util::Limited::new(req.into_body(), 64 << 10)
         .collect()
         .await
-        .map_err(|_| problem(StatusCode::PAYLOAD_TOO_LARGE, "the JSON body is too large or was cut off"))?
+        .map_err(|e| match servente_core::request_body::timed_out_in(&*e) {
+            true => servente_core::request_body::body_failed(true),
+            false => problem(StatusCode::PAYLOAD_TOO_LARGE, "the JSON body is too large or was cut off"),
+        })?
         .to_bytes();
     serde_json::from_slice(&body).map_err(|e| problem(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")))
 }
@@ -395,7 +398,10 @@ async fn upload_chunk(role: &FilesRole, p: &Principal, id: &str, req: Request<Re
     let body = http_body_util::Limited::new(req.into_body(), MAX_CHUNK)
         .collect()
         .await
-        .map_err(|_| problem(StatusCode::BAD_REQUEST, "the chunk was cut off or is larger than 64 MiB"))?
+        .map_err(|e| match servente_core::request_body::timed_out_in(&*e) {
+            true => servente_core::request_body::body_failed(true),
+            false => problem(StatusCode::BAD_REQUEST, "the chunk was cut off or is larger than 64 MiB"),
+        })?
         .to_bytes();
     let (uploads, owner, id2) = (role.uploads.clone(), p.user.clone(), id.to_string());
     let chunk: Bytes = body;

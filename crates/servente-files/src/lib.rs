@@ -202,13 +202,15 @@ impl FilesRole {
         {
             return sandboxed(r);
         }
+        let mut req = req;
+        let body_failure = req.body_mut().failure_signal();
         let resp = if req.method().as_str() == "PROPFIND" {
             // The body is small (bounded by `max_propfind_body`); read it to see whether it names
             // its properties.
             let (parts, body) = req.into_parts();
             let body = match http_body_util::Limited::new(body, self.max_xml as usize).collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(servente_core::request_body::is_timeout) => {
+                Err(e) if servente_core::request_body::timed_out_in(&*e) => {
                     return servente_core::request_body::body_failed(true);
                 }
                 Err(_) => return simple_response(StatusCode::PAYLOAD_TOO_LARGE, "the XML body is too large or was cut off\n"),
@@ -269,15 +271,13 @@ impl FilesRole {
                 _ => resp,
             }
         } else {
-            let mut req = req;
-            let stalled = req.body_mut().timeout_signal();
-            let resp = handler.handle_guarded(req, user, caller).await;
-            if stalled.load(std::sync::atomic::Ordering::Relaxed) {
-                // dav-server answers a failed body read by its kind (504 for a timeout).
-                return servente_core::request_body::body_failed(true);
-            }
-            resp
+            handler.handle_guarded(req, user, caller).await
         };
+        // dav-server answers a body that failed on the client's side as its own failure (502,
+        // 504 for a timeout): the client is owed 400 or 408.
+        if let Some(r) = body_failure.answer() {
+            return r;
+        }
         let mut resp = resp.map(Body::stream);
         if get {
             resp = sandboxed(resp);

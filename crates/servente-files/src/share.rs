@@ -131,8 +131,10 @@ async fn ask_password(req: Request<RequestBody>, base: &str, cookie: &str, want:
     if *req.method() != Method::POST {
         return form("This link is protected by a password.");
     }
-    let Ok(body) = http_body_util::Limited::new(req.into_body(), 4096).collect().await else {
-        return form("The form was too large.");
+    let body = match http_body_util::Limited::new(req.into_body(), 4096).collect().await {
+        Ok(body) => body,
+        Err(e) if servente_core::request_body::timed_out_in(&*e) => return servente_core::request_body::body_failed(true),
+        Err(_) => return form("The form was too large."),
     };
     let body = body.to_bytes();
     let password = std::str::from_utf8(&body).ok().and_then(|t| crate::api::form_value(t, "password")).unwrap_or_default();

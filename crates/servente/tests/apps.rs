@@ -1118,16 +1118,17 @@ fn chunked_upload_over_max_body_bytes_is_refused() {
 }
 
 /// A client that starts an upload to a proxied app and then sends nothing more gets 408 after
-/// `limits.body_read_timeout`, and its connection is closed; the upstream is not blamed (with
-/// `max_fails = 1` one failure would take it out), so the next request goes through.
+/// `limits.body_read_timeout`, and its connection is closed. The upstream is not blamed: with
+/// `max_fails = 1` one failure would take it out, and its `response_timeout`, shorter than
+/// the body's, does not run while the proxy waits on the client.
 #[test]
 fn a_stalled_upload_through_the_proxy_gets_408_and_spares_the_upstream() {
     let good = Helper::upstream("good");
     let fx = Fixture::new();
     let toml = config(
-        "[limits]\nbody_read_timeout = \"1s\"",
+        "[limits]\nbody_read_timeout = \"2s\"",
         &format!(
-            "[[upstream]]\nname = \"good\"\nservers = [\"{}\"]\nmax_fails = 1\nfail_timeout = \"60s\"\n\n[[site]]\nname = \"main\"\n\n[[site.proxy]]\npath = \"/good/\"\nupstream = \"good\"\nstrip_prefix = \"/good\"\n",
+            "[[upstream]]\nname = \"good\"\nservers = [\"{}\"]\nmax_fails = 1\nfail_timeout = \"60s\"\nresponse_timeout = \"600ms\"\n\n[[site]]\nname = \"main\"\n\n[[site.proxy]]\npath = \"/good/\"\nupstream = \"good\"\nstrip_prefix = \"/good\"\n",
             good.addr
         ),
     );
@@ -1140,9 +1141,11 @@ fn a_stalled_upload_through_the_proxy_gets_408_and_spares_the_upstream() {
     let waited = started.elapsed();
     assert_eq!(first.as_ref().map(|r| r.status), Some(408), "{first:?}");
     assert!(closed, "the connection stayed open");
-    assert!(waited > Duration::from_millis(800), "answered after {waited:?}");
+    assert!(waited > Duration::from_millis(1800), "answered after {waited:?}");
     let e = echo(&[&format!("{}/good/echo/after", server.url("web"))]);
     assert_eq!(e["target"].as_str(), Some("/echo/after"), "{e}");
+    let log = server.stderr();
+    assert!(!log.contains("left out") && !log.contains("no response within"), "the upstream was blamed:\n{log}");
     drop(server);
     drop(good);
 }

@@ -1204,10 +1204,7 @@ fn a_stalled_upload_is_cut_after_body_read_timeout() {
     let mut answer = Vec::new();
     let end = s.read_to_end(&mut answer);
     let waited = stalled.elapsed();
-    assert!(
-        end.is_ok() || end.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
-        "the connection was not closed: {end:?}"
-    );
+    assert!(end.is_ok(), "the connection was not closed: {end:?}");
     assert!(waited > Duration::from_millis(500) && waited < Duration::from_secs(6), "closed after {waited:?}");
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "answered {answer}");
