@@ -1210,6 +1210,51 @@ fn a_stalled_upload_is_cut_after_body_read_timeout() {
     assert!(answer.starts_with("HTTP/1.1 408"), "answered {answer}");
     assert!(wait_until(Duration::from_secs(10), || dav.temp_files().is_empty()), "temp file left: {:?}", dav.temp_files());
     assert_eq!(dav.get(ALICE, "/users/alice/doc.bin").text(), "the old version\n");
+
+    // The same over HTTP/2: the stream gets 408, the connection goes on.
+    use hyper::body::{Body as _, Frame};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    /// A body that sends a few bytes of its declared length, then nothing.
+    struct Stalls(bool);
+    impl hyper::body::Body for Stalls {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+            if std::mem::replace(&mut self.0, true) {
+                return std::task::Poll::Pending;
+            }
+            std::task::Poll::Ready(Some(Ok(Frame::data(bytes::Bytes::from_static(b"short")))))
+        }
+    }
+    let addr = dav.server.addr("web");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2");
+        tokio::spawn(conn);
+        let put = http::Request::put(format!("http://{addr}/files/dav/users/alice/doc.bin"))
+            .header("authorization", format!("Basic {auth}"))
+            .header("content-length", "100000")
+            .body(http_body_util::Either::Left(Stalls(false)))
+            .expect("request");
+        assert!(!put.body().is_end_stream());
+        let started = Instant::now();
+        let res = tokio::time::timeout(common::WAIT, sender.send_request(put)).await.expect("an answer in time").expect("response");
+        assert_eq!(res.status(), http::StatusCode::REQUEST_TIMEOUT);
+        assert!(started.elapsed() > Duration::from_millis(500), "answered after {:?}", started.elapsed());
+        let get = http::Request::get(format!("http://{addr}/files/dav/users/alice/doc.bin"))
+            .header("authorization", format!("Basic {auth}"))
+            .body(http_body_util::Either::Right(http_body_util::Empty::<bytes::Bytes>::new()))
+            .expect("request");
+        let res = tokio::time::timeout(common::WAIT, sender.send_request(get)).await.expect("in time").expect("response");
+        assert_eq!(res.status(), http::StatusCode::OK);
+        let body = http_body_util::BodyExt::collect(res.into_body()).await.expect("body").to_bytes();
+        assert_eq!(body.as_ref(), b"the old version\n");
+    });
+    assert!(wait_until(Duration::from_secs(10), || dav.temp_files().is_empty()), "temp file left: {:?}", dav.temp_files());
 }
 
 /// kill -9 of servente during an upload: after the restart the old file is intact, the
