@@ -33,6 +33,9 @@ use tokio::time::{Instant, Sleep};
 
 use crate::sendfile::{Plan, SendFile};
 
+/// Connections cut by `send_timeout`, for the metrics (process-wide, as [`crate::metrics::Metrics`]).
+pub static SEND_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
+
 const RESPONSE_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 20\r\ncontent-type: text/plain\r\n\r\nrequest head timeout";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
@@ -332,6 +335,7 @@ impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> GuardedIo<I> {
                 let deadline = *self.write_deadline.get_or_insert_with(|| Instant::now() + self.limits.send_timeout);
                 let sleep = self.write_sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if crate::lazy_timer::poll_until(sleep, deadline, cx).is_ready() {
+                    SEND_TIMEOUTS.fetch_add(1, Relaxed);
                     let secs = self.limits.send_timeout.as_secs_f64();
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, format!("the client took no data for {secs} s"))));
                 }

@@ -192,6 +192,20 @@ impl Metrics {
             "counter",
             self.header_timeouts.load(Relaxed).to_string(),
         );
+        gauge(
+            &mut out,
+            "servente_send_timeouts_total",
+            "Connections closed, and HTTP/2 streams reset, because the client took nothing for send_timeout.",
+            "counter",
+            (crate::guard::SEND_TIMEOUTS.load(Relaxed) + crate::streams::SEND_TIMEOUTS.load(Relaxed)).to_string(),
+        );
+        gauge(
+            &mut out,
+            "servente_body_timeouts_total",
+            "Request bodies that stopped coming for body_read_timeout (answered 408).",
+            "counter",
+            crate::request_body::BODY_TIMEOUTS.load(Relaxed).to_string(),
+        );
         gauge(&mut out, "servente_reloads_total", "Config reloads applied.", "counter", self.reloads.load(Relaxed).to_string());
         gauge(
             &mut out,

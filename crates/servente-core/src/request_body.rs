@@ -14,7 +14,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +25,9 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::http::{Body, simple_response};
+
+/// Bodies that timed out, for the metrics (process-wide, as [`crate::metrics::Metrics`]).
+pub static BODY_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
 
 /// The request body a role reads; see the module docs.
 pub struct RequestBody {
@@ -138,6 +141,7 @@ impl http_body::Body for RequestBody {
                 let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if crate::lazy_timer::poll_until(sleep, deadline, cx).is_ready() {
                     this.timed_out = true;
+                    BODY_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
                     this.failed(FailureSignal::TIMED_OUT);
                     return Poll::Ready(Some(Err(this.timed_out())));
                 }

@@ -65,6 +65,10 @@ where
     }
 }
 
+/// HTTP/2 streams reset by `send_timeout`, for the metrics (process-wide, as
+/// [`crate::metrics::Metrics`]).
+pub static SEND_TIMEOUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Largest piece a watched stream's body hands to hyper at once (see the module docs).
 pub(crate) const PIECE: usize = 64 << 10;
 
@@ -154,6 +158,7 @@ impl Future for Stream {
         };
         match watch.poll(this.fut.as_mut(), cx) {
             Poll::Ready(false) => {
+                SEND_TIMEOUTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(
                     "an HTTP/2 stream's client took nothing for {} s (send_timeout); the stream is reset",
                     watch.timeout.as_secs_f64()

@@ -1128,7 +1128,7 @@ fn a_stalled_upload_through_the_proxy_gets_408_and_spares_the_upstream() {
     let toml = config(
         "[limits]\nbody_read_timeout = \"2s\"",
         &format!(
-            "[[upstream]]\nname = \"good\"\nservers = [\"{}\"]\nmax_fails = 1\nfail_timeout = \"60s\"\nresponse_timeout = \"600ms\"\n\n[[site]]\nname = \"main\"\n\n[[site.proxy]]\npath = \"/good/\"\nupstream = \"good\"\nstrip_prefix = \"/good\"\n",
+            "[[upstream]]\nname = \"good\"\nservers = [\"{}\"]\nmax_fails = 1\nfail_timeout = \"60s\"\nresponse_timeout = \"600ms\"\n\n[[site]]\nname = \"main\"\n\n[[site.proxy]]\npath = \"/good/\"\nupstream = \"good\"\nstrip_prefix = \"/good\"\n\n[[listener]]\nname = \"admin\"\naddress = \"[::1]:0\"\nrole = \"admin\"\n",
             good.addr
         ),
     );
@@ -1146,6 +1146,8 @@ fn a_stalled_upload_through_the_proxy_gets_408_and_spares_the_upstream() {
     assert_eq!(e["target"].as_str(), Some("/echo/after"), "{e}");
     let log = server.stderr();
     assert!(!log.contains("left out") && !log.contains("no response within"), "the upstream was blamed:\n{log}");
+    let metrics = curl(&["-g", &format!("{}/metrics", server.url("admin"))]).text();
+    assert!(metrics.lines().any(|l| l == "servente_body_timeouts_total 1"), "the timeout is counted:\n{metrics}");
     drop(server);
     drop(good);
 }

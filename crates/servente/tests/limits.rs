@@ -196,7 +196,8 @@ fn http2_streams_whose_client_stops_reading_are_reset_after_send_timeout() {
     fx.write("root/big.bin", vec![1u8; big]);
     fx.write("root/small.bin", vec![3u8; small]);
     fx.write("root/mid.bin", vec![2u8; mid]);
-    let server = fx.start(&limited("send_timeout = \"2s\"", ""));
+    let server =
+        fx.start(&(limited("send_timeout = \"2s\"", "") + "\n[[listener]]\nname = \"admin\"\naddress = \"[::1]:0\"\nrole = \"admin\"\n"));
     let addr = server.addr("web");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
@@ -249,6 +250,8 @@ fn http2_streams_whose_client_stops_reading_are_reset_after_send_timeout() {
         let body = get("/").await.collect().await.expect("body").to_bytes();
         assert_eq!(body.as_ref(), b"index\n");
     });
+    let metrics = curl(&["-g", &format!("{}/metrics", server.url("admin"))]).text();
+    assert!(metrics.lines().any(|l| l == "servente_send_timeouts_total 2"), "the two resets are counted:\n{metrics}");
 }
 
 #[test]
