@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -272,6 +273,38 @@ fn an_application_that_stops_reading_meets_the_timeout() {
     assert_eq!(r.status, 504, "{r:?}");
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(8), "504 after {took:?}");
     // The server goes on.
+    assert_eq!(curl(&[&format!("{}/plain.txt", server.url("web"))]).text(), "still here\n");
+}
+
+/// A client that starts a body for a script and then sends nothing more gets 408 after
+/// `limits.body_read_timeout` (not a 502 or 504 that would blame the application), well before
+/// the route's own timeout; the server goes on.
+#[test]
+fn a_client_that_stops_sending_its_body_gets_408() {
+    let fx = Fixture::new();
+    let socket = fx.path().join("app.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind the application");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    fx.write("root/upload.php", "<?php echo 'never runs';\n");
+    fx.write("root/plain.txt", "still here\n");
+    let cfg = web_config(&format!("[site.fastcgi]\naddress = \"unix:{}\"\ntimeout = \"20s\"\n", socket.display()));
+    let server = fx.start(&format!("[limits]\nbody_read_timeout = \"1s\"\n\n{cfg}"));
+    for length in ["100", "10000000"] {
+        let mut s = connect(&server.addr("web"));
+        s.set_read_timeout(Some(Duration::from_secs(15))).expect("read timeout");
+        let t = Instant::now();
+        write!(s, "POST /upload.php HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\nthe start").expect("send");
+        let mut r = std::io::BufReader::new(s);
+        let resp = read_response(&mut r, false).expect("an answer");
+        let took = t.elapsed();
+        assert_eq!(resp.status, 408, "Content-Length {length}: {resp:?}");
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(8), "408 after {took:?}");
+    }
     assert_eq!(curl(&[&format!("{}/plain.txt", server.url("web"))]).text(), "still here\n");
 }
 
