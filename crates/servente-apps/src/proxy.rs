@@ -52,9 +52,6 @@ pub struct BodyState {
     tripped: std::sync::atomic::AtomicBool,
     /// Pieces hyper has taken (and the end): while this moves, the upstream is reading.
     moved: std::sync::atomic::AtomicU64,
-    /// The client's body failed (0: no; 1: it stopped coming; 2: it broke off): the request
-    /// fails for the client's sake, and the upstream is not blamed.
-    client_failed: std::sync::atomic::AtomicU8,
     /// hyper is waiting for the client's next piece: the upstream is not the slow one, so
     /// `response_timeout` does not run (`body_read_timeout` does).
     awaiting_client: std::sync::atomic::AtomicBool,
@@ -96,11 +93,7 @@ impl http_body::Body for CappedBody {
                 this.state.moved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => {
-                let how = if servente_core::request_body::is_timeout(&e) { 1 } else { 2 };
-                this.state.client_failed.store(how, std::sync::atomic::Ordering::Relaxed);
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Ready(None) => {
                 this.state.moved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Poll::Ready(None)
@@ -336,7 +329,7 @@ impl ProxyRoute {
             matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE);
         let retryable = idempotent && !has_body && !upgrade;
         let hash = self.hash_value(&req);
-        let (mut parts, body) = req.into_parts();
+        let (mut parts, mut body) = req.into_parts();
         let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
         strip_hop_by_hop(&mut parts.headers);
         if let Some(u) = upgrade_value.filter(|_| upgrade) {
@@ -361,6 +354,9 @@ impl ProxyRoute {
         };
         // Only a request with a body can grow past the limit, and only it needs the flag.
         let body_state = has_body.then(|| Arc::new(BodyState::default()));
+        // Set when the client's body fails (it stopped coming, or broke off): then the request
+        // fails for the client's sake, and the upstream is not blamed.
+        let client_failure = has_body.then(|| body.failure_signal());
         let mut body = body_state.as_ref().map(|state| CappedBody::new(body, cx.max_body, state.clone()));
         let head_request = parts.method == Method::HEAD;
         let attempts = if retryable { 1 + settings.retries } else { 1 };
@@ -468,14 +464,9 @@ impl ProxyRoute {
                         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                         return r;
                     }
-                    Err(SendError::Failed(e))
-                        if let Some(how) = body_state
-                            .as_ref()
-                            .map(|s| s.client_failed.load(std::sync::atomic::Ordering::Relaxed))
-                            .filter(|how| *how != 0) =>
-                    {
+                    Err(SendError::Failed(e)) if let Some(answer) = client_failure.as_ref().and_then(|f| f.answer()) => {
                         tracing::debug!(upstream = %self.upstream.name, server = %server.address, "the client's request body failed: {e}");
-                        return servente_core::request_body::body_failed(how == 1);
+                        return answer;
                     }
                     Err(SendError::Failed(e)) => {
                         if reused && fresh_tries > 1 {

@@ -249,17 +249,22 @@ fn slow_scripts_meet_the_timeout() {
 /// An application that stops reading its input (here: one that accepts and never reads) gets
 /// the rest of a large POST body for at most the route's timeout, then the client has a 504;
 /// before, the request hung for as long as the application did.
-#[test]
-fn an_application_that_stops_reading_meets_the_timeout() {
-    let fx = Fixture::new();
-    let socket = fx.path().join("deaf.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind the deaf application");
+/// A FastCGI application on `socket` that accepts connections and never reads or answers.
+fn deaf_application(socket: &std::path::Path) {
+    let listener = std::os::unix::net::UnixListener::bind(socket).expect("bind the deaf application");
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for conn in listener.incoming().flatten() {
             held.push(conn);
         }
     });
+}
+
+#[test]
+fn an_application_that_stops_reading_meets_the_timeout() {
+    let fx = Fixture::new();
+    let socket = fx.path().join("deaf.sock");
+    deaf_application(&socket);
     fx.write("root/upload.php", "<?php echo 'never runs';\n");
     fx.write("root/plain.txt", "still here\n");
     let body = fx.path().join("body.bin");
@@ -283,13 +288,7 @@ fn an_application_that_stops_reading_meets_the_timeout() {
 fn a_client_that_stops_sending_its_body_gets_408() {
     let fx = Fixture::new();
     let socket = fx.path().join("app.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind the application");
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in listener.incoming().flatten() {
-            held.push(conn);
-        }
-    });
+    deaf_application(&socket);
     fx.write("root/upload.php", "<?php echo 'never runs';\n");
     fx.write("root/plain.txt", "still here\n");
     let cfg = web_config(&format!("[site.fastcgi]\naddress = \"unix:{}\"\ntimeout = \"20s\"\n", socket.display()));
