@@ -757,8 +757,17 @@ fn temp_name(dir: &Path) -> PathBuf {
 /// that most of a 1 MiB upload is written while the rest still arrives.
 const WRITE_BATCH: usize = 256 << 10;
 
-/// Bytes written between two writeback hints during an upload.
+/// The most bytes written between two writeback hints during an upload.
 const SYNC_EVERY: u64 = 8 << 20;
+
+/// How many written bytes wait for the next writeback hint, once `written` bytes of the upload
+/// are written: every batch while the upload is small, so that its final fsync finds most of
+/// it on disk already (a 1 MiB PUT: fsync and rename 0.8 ms instead of 1.2), then a quarter of
+/// what is written, up to [`SYNC_EVERY`], so that a large upload does not spend its blocking
+/// thread on hints (with a hint every batch, a 100 MiB PUT took about 5% longer).
+fn hint_every(written: u64) -> u64 {
+    (written / 4).clamp(WRITE_BATCH as u64, SYNC_EVERY)
+}
 
 /// A PUT in progress: bytes go to a temporary file beside the files root and replace the target
 /// only on [`DavFile::flush`], after fsync. Dropped before that (the client vanished, the body
@@ -866,9 +875,11 @@ impl Upload {
     }
 
     /// Writes the gathered bytes at their offset on the blocking pool. The write runs while the
-    /// next bytes arrive (one batch in flight); every [`SYNC_EVERY`] bytes it also asks the
+    /// next bytes arrive (one batch in flight); every [`hint_every`] bytes it also asks the
     /// kernel to start writing them to disk without waiting (`posix_fadvise(DONTNEED)` starts
-    /// writeback on Linux), so the final fsync has little left to wait for.
+    /// writeback on Linux; the pages it would drop are those already written back, which is
+    /// rarely any, since it looks at once: `fincore` finds 1 and 10 MiB uploads wholly cached
+    /// after their PUT), so the final fsync has little left to wait for.
     /// The gathered bytes, with the offset they go to and their length; the position moves
     /// past them.
     fn take_batch(&mut self) -> (Vec<Bytes>, u64, u64) {
@@ -885,7 +896,7 @@ impl Upload {
             let (chunks, at, len) = self.take_batch();
             let file = self.file.take().ok_or(FsError::GeneralFailure)?;
             self.unsynced += len;
-            let sync = (self.unsynced >= SYNC_EVERY).then(|| (at + len - self.unsynced, self.unsynced));
+            let sync = (self.unsynced >= hint_every(at + len)).then(|| (at + len - self.unsynced, self.unsynced));
             if sync.is_some() {
                 self.unsynced = 0;
             }
@@ -1176,6 +1187,34 @@ impl DavDirEntry for Entry {
 
 #[cfg(test)]
 mod tests {
+    /// Where an upload written in batches of `WRITE_BATCH` gets its writeback hints, and what
+    /// is left for the final fsync (the last batch is written with it, unhinted).
+    fn hints(size: u64) -> (Vec<u64>, u64) {
+        let batch = super::WRITE_BATCH as u64;
+        let (mut written, mut unsynced, mut at) = (0, 0, Vec::new());
+        while size - written > batch {
+            written += batch;
+            unsynced += batch;
+            if unsynced >= super::hint_every(written) {
+                at.push(written);
+                unsynced = 0;
+            }
+        }
+        (at, unsynced + size - written)
+    }
+
+    #[test]
+    fn small_uploads_are_hinted_every_batch_large_ones_ever_more_rarely() {
+        let k = 1024;
+        assert_eq!(hints(1 << 20), (vec![256 * k, 512 * k, 768 * k], 256 * k), "1 MiB: all but the last batch");
+        let (at, left) = hints(100 << 20);
+        assert!(at.len() < 30, "100 MiB: {} hints", at.len());
+        assert!(left <= super::SYNC_EVERY, "100 MiB: {left} bytes left for the fsync");
+        let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.windows(2).all(|g| g[0] <= g[1]), "hints spread out as the upload grows: {gaps:?}");
+        assert_eq!(gaps.last(), Some(&super::SYNC_EVERY));
+    }
+
     use super::*;
 
     #[test]
