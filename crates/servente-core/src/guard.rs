@@ -148,6 +148,8 @@ pub struct GuardedIo<I> {
     /// Bytes read since the connection last had a request in flight or finished one: the
     /// head being awaited, bounded by `limits.max_head`.
     head_read: usize,
+    /// How much of HTTP/2's preface the first reads matched, while `http2` is undecided.
+    preface_seen: usize,
     on_header_timeout: Option<Box<dyn Fn() + Send + Sync>>,
     /// TCP_CORK is on while a file is sent (see [`SendFile::cork`]); off at the next flush.
     corked: bool,
@@ -171,6 +173,7 @@ impl<I> GuardedIo<I> {
             seen_generation: 0,
             http2,
             head_read: 0,
+            preface_seen: 0,
             on_header_timeout: None,
             corked: false,
             write_deadline: None,
@@ -271,7 +274,21 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<I> {
             Poll::Ready(Ok(())) => {
                 let got = &buf.filled()[before..];
                 if this.http2.is_none() && !got.is_empty() {
-                    this.http2 = Some(got.starts_with(H2_PREFACE));
+                    // The preface may come over several reads: decided at its first byte that
+                    // differs, or once it is whole. (Taken for HTTP/1, an HTTP/2 connection
+                    // would get the head timeout and the head size limit.)
+                    let seen = this.preface_seen;
+                    let n = got.len().min(H2_PREFACE.len() - seen);
+                    if got[..n] != H2_PREFACE[seen..seen + n] {
+                        this.http2 = Some(false);
+                    } else if seen + n == H2_PREFACE.len() {
+                        this.http2 = Some(true);
+                        // Earlier pieces of the preface may have been taken for a head.
+                        this.phase = Phase::Idle;
+                        this.head_read = 0;
+                    } else {
+                        this.preface_seen += n;
+                    }
                 }
                 if room.is_some() {
                     this.head_read += got.len();
@@ -710,5 +727,28 @@ mod tests {
         assert!(n < 100);
         client.write_all(&vec![b'c'; 40_000]).await.expect("write");
         assert_eq!(io.read(&mut buf).await.expect("next head"), 16 << 10);
+    }
+
+    #[tokio::test]
+    async fn an_http2_preface_over_several_reads_is_told_apart() {
+        for (pieces, http2) in [
+            (vec![&b"PRI * HT"[..], &b"TP/2.0\r\n\r\nSM\r\n\r\n"[..]], Some(true)),
+            (vec![&b"P"[..], &b"UT / HTTP/1.1\r\n"[..]], Some(false)),
+            (vec![&b"GET / HTTP/1.1\r\n"[..]], Some(false)),
+            (vec![&b"PRI"[..]], None),
+        ] {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let mut io = GuardedIo::new(server, ConnState::new(), limits(), None);
+            let mut buf = [0u8; 64];
+            for p in &pieces {
+                client.write_all(p).await.expect("write");
+                let n = io.read(&mut buf).await.expect("read");
+                assert_eq!(&buf[..n], *p, "a read takes one piece");
+            }
+            assert_eq!(io.http2, http2, "{pieces:?}");
+            if http2 == Some(true) {
+                assert_eq!(io.phase, Phase::Idle, "HTTP/2 has no head phase");
+            }
+        }
     }
 }
