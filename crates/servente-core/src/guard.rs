@@ -1,5 +1,4 @@
-//! Limits on a client connection: the header read timeout, the idle timeout, the send timeout
-//! and the size of a request head.
+//! Time limits on a client connection: the header read timeout and the idle timeout.
 //!
 //! hyper's own `header_read_timeout` closes the socket without an answer and does not
 //! distinguish an idle keep-alive connection from a slow request head. [`GuardedIo`] wraps the
@@ -13,9 +12,6 @@
 //! - busy (a request in flight): no limit on reading.
 //!
 //! HTTP/2 connections (detected by their preface) only get the idle limit.
-//!
-//! The guard also bounds an HTTP/1 request head's size (`max_header_bytes`, answered with
-//! `431`), so that hyper's read buffer limit can stay large for request bodies.
 //!
 //! Writes, in any phase and on tunnels (WebSocket) too, get `send_timeout`, as nginx's: a write
 //! that waits that long for room in the socket (the client not reading) ends the connection.
@@ -42,7 +38,6 @@ pub static SEND_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
 
 const RESPONSE_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 20\r\ncontent-type: text/plain\r\n\r\nrequest head timeout";
-const RESPONSE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 23\r\ncontent-type: text/plain\r\n\r\nrequest head too large\n";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// What the HTTP engine tells the guard about requests on one connection.
@@ -127,11 +122,6 @@ pub struct GuardLimits {
     pub idle_timeout: Duration,
     /// Zero: no limit.
     pub send_timeout: Duration,
-    /// The most bytes of an HTTP/1 request head (`limits.max_header_bytes`): while a head is
-    /// awaited, reads take no more than what is left of it, and a head still incomplete when
-    /// nothing is left gets `431`. Enforced here rather than by hyper's `max_buf_size`, which
-    /// also caps every read of a request body.
-    pub max_head: usize,
 }
 
 /// A stream wrapper that enforces [`GuardLimits`]; see the module docs.
@@ -145,9 +135,6 @@ pub struct GuardedIo<I> {
     seen_generation: u64,
     /// None until the first bytes tell HTTP/1 from HTTP/2.
     http2: Option<bool>,
-    /// Bytes read since the connection last had a request in flight or finished one: the
-    /// head being awaited, bounded by `limits.max_head`.
-    head_read: usize,
     /// How much of HTTP/2's preface the first reads matched, while `http2` is undecided.
     preface_seen: usize,
     on_header_timeout: Option<Box<dyn Fn() + Send + Sync>>,
@@ -172,7 +159,6 @@ impl<I> GuardedIo<I> {
             phase: Phase::Idle,
             seen_generation: 0,
             http2,
-            head_read: 0,
             preface_seen: 0,
             on_header_timeout: None,
             corked: false,
@@ -219,19 +205,6 @@ impl<I> GuardedIo<I> {
         if reset {
             self.deadline = None;
         }
-        if self.phase == Phase::Busy || (reset && self.phase == Phase::Idle) {
-            self.head_read = 0;
-        }
-    }
-
-    /// How many bytes the next read may take while a request head is awaited, if one is.
-    fn head_room(&mut self) -> Option<usize> {
-        if self.limits.max_head == 0 || self.http2 == Some(true) || self.state.upgraded.load(Relaxed) {
-            return None;
-        }
-        // A request may have finished since the last read: that starts a new head.
-        self.update_phase(false);
-        (self.phase != Phase::Busy).then(|| self.limits.max_head.saturating_sub(self.head_read))
     }
 
     fn deadline_for_phase(&mut self) -> Option<Instant> {
@@ -249,34 +222,14 @@ impl<I> GuardedIo<I> {
 impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<I> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let room = this.head_room();
-        if room == Some(0) {
-            // hyper asks for more of a head that already took all it may.
-            let _ = Pin::new(&mut this.inner).poll_write(cx, RESPONSE_431);
-            let _ = Pin::new(&mut this.inner).poll_flush(cx);
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large")));
-        }
         let before = buf.filled().len();
-        let read = match room {
-            Some(room) if buf.remaining() > room => {
-                // A view of the buffer as long as the room left (zeroed first, since a ReadBuf
-                // over uninitialized memory cannot be narrowed safely); hyper's head reads
-                // offer 8 KiB, so this only happens after large body reads grew its buffer.
-                let mut narrow = ReadBuf::new(buf.initialize_unfilled_to(room));
-                let r = Pin::new(&mut this.inner).poll_read(cx, &mut narrow);
-                let n = narrow.filled().len();
-                buf.advance(n);
-                r
-            }
-            _ => Pin::new(&mut this.inner).poll_read(cx, buf),
-        };
-        match read {
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let got = &buf.filled()[before..];
                 if this.http2.is_none() && !got.is_empty() {
                     // The preface may come over several reads: decided at its first byte that
                     // differs, or once it is whole. (Taken for HTTP/1, an HTTP/2 connection
-                    // would get the head timeout and the head size limit.)
+                    // would get the head timeout between its requests.)
                     let seen = this.preface_seen;
                     let n = got.len().min(H2_PREFACE.len() - seen);
                     if got[..n] != H2_PREFACE[seen..seen + n] {
@@ -285,13 +238,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<I> {
                         this.http2 = Some(true);
                         // Earlier pieces of the preface may have been taken for a head.
                         this.phase = Phase::Idle;
-                        this.head_read = 0;
                     } else {
                         this.preface_seen += n;
                     }
-                }
-                if room.is_some() {
-                    this.head_read += got.len();
                 }
                 this.update_phase(!got.is_empty());
                 Poll::Ready(Ok(()))
@@ -548,7 +497,6 @@ mod tests {
             header_read_timeout: Duration::from_millis(200),
             idle_timeout: Duration::from_millis(500),
             send_timeout: Duration::from_secs(2),
-            max_head: 16 << 10,
         }
     }
 
@@ -687,46 +635,6 @@ mod tests {
         state.request_started();
         let waited = tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf)).await;
         assert!(waited.is_err(), "a busy connection must not be cut by the guard");
-    }
-
-    #[tokio::test]
-    async fn a_head_gets_max_head_bytes_then_431_and_bodies_are_read_in_large_pieces() {
-        let (mut client, server) = tokio::io::duplex(1 << 20);
-        let state = ConnState::new();
-        let mut io = GuardedIo::new(server, state.clone(), limits(), None);
-        // A head with no end, offered to reads with far more room than the limit.
-        client.write_all(&vec![b'a'; 40_000]).await.expect("write");
-        let mut buf = vec![0u8; 64 << 10];
-        let mut taken = 0;
-        let err = loop {
-            match io.read(&mut buf).await {
-                Ok(n) => {
-                    assert!(n > 0, "no end of stream here");
-                    taken += n;
-                }
-                Err(e) => break e,
-            }
-        };
-        assert_eq!((taken, err.kind()), (16 << 10, io::ErrorKind::InvalidData), "{err}");
-        drop(io);
-        let mut answer = Vec::new();
-        client.read_to_end(&mut answer).await.expect("read the answer");
-        assert!(answer.starts_with(b"HTTP/1.1 431 "), "{}", String::from_utf8_lossy(&answer));
-
-        // With a request in flight (its body), reads take all the room they are given; once
-        // it is finished, the next head has the limit again.
-        let (mut client, server) = tokio::io::duplex(1 << 20);
-        let state = ConnState::new();
-        let mut io = GuardedIo::new(server, state.clone(), limits(), None);
-        client.write_all(b"PUT / HTTP/1.1\r\ncontent-length: 40000\r\n\r\n").await.expect("write");
-        let n = io.read(&mut buf).await.expect("head");
-        state.request_started();
-        client.write_all(&vec![b'b'; 40_000]).await.expect("write");
-        assert_eq!(io.read(&mut buf).await.expect("body"), 40_000);
-        state.request_finished();
-        assert!(n < 100);
-        client.write_all(&vec![b'c'; 40_000]).await.expect("write");
-        assert_eq!(io.read(&mut buf).await.expect("next head"), 16 << 10);
     }
 
     #[tokio::test]

@@ -53,10 +53,6 @@ pub struct Settings {
     http2_only: auto::Builder<StreamExec>,
 }
 
-/// The largest read hyper makes on an HTTP/1 connection (its read buffer's limit). An idle
-/// connection keeps the buffer of its last read: after an upload, up to this much.
-const READ_MAX: usize = 128 << 10;
-
 impl Settings {
     pub fn from_config(config: &Config) -> Self {
         let l = &config.limits;
@@ -67,10 +63,8 @@ impl Settings {
             h1.timer(TokioTimer::new())
                 .header_read_timeout(None)
                 .keep_alive(true)
-                // Reads of a request body take up to this much: with the 16 KiB of a head
-                // limit, a 100 MiB PUT took 80 ms instead of 59 (6,400 reads instead of 800).
-                // The head limit is the guard's (`GuardLimits::max_head`); this stays above it.
-                .max_buf_size(READ_MAX.max(max_header));
+                // A request head must fit in the read buffer: hyper answers 431 when it does not.
+                .max_buf_size(max_header);
             // Leave hyper's write strategy alone (no `writev(false)`, no `pipeline_flush`): it
             // must hand body bytes to the stream as they are, never copy them into its own
             // buffer, or unread file bytes (see `sendfile::unread`) would go out as zeros.
@@ -97,7 +91,6 @@ impl Settings {
                 header_read_timeout: l.header_read_timeout.0,
                 idle_timeout: l.idle_timeout.0,
                 send_timeout: l.send_timeout.0,
-                max_head: max_header,
             },
             tls_handshake_timeout: l.tls_handshake_timeout.0,
             max_connections: config.server.max_connections,
