@@ -760,8 +760,9 @@ const WRITE_BATCH: usize = 256 << 10;
 /// The most bytes written between two writeback hints during an upload.
 const SYNC_EVERY: u64 = 8 << 20;
 
-/// How many written bytes wait for the next writeback hint, once `written` bytes of the upload
-/// are written: every batch while the upload is small, so that its final fsync finds most of
+/// How many written bytes wait for the next writeback hint, once the upload has written up to
+/// offset `written` (a resumed upload, starting further in, is hinted as a large one is):
+/// every batch while the upload is small, so that its final fsync finds most of
 /// it on disk already (a 1 MiB PUT: fsync and rename 0.8 ms instead of 1.2), then a quarter of
 /// what is written, up to [`SYNC_EVERY`], so that a large upload does not spend its blocking
 /// thread on hints (with a hint every batch, a 100 MiB PUT took about 5% longer).
