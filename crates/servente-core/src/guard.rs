@@ -39,6 +39,9 @@ pub static SEND_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
 const RESPONSE_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 20\r\ncontent-type: text/plain\r\n\r\nrequest head timeout";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// How much [`GuardedIo::sniff`] reads at once: as much as hyper's first read, so that one
+/// read usually takes a whole request head.
+const SNIFF_ROOM: usize = 8192;
 
 /// What the HTTP engine tells the guard about requests on one connection.
 #[derive(Default)]
@@ -137,6 +140,8 @@ pub struct GuardedIo<I> {
     http2: Option<bool>,
     /// How much of HTTP/2's preface the first reads matched, while `http2` is undecided.
     preface_seen: usize,
+    /// Bytes [`GuardedIo::sniff`] read, handed on by the next reads.
+    prefix: Option<bytes::Bytes>,
     on_header_timeout: Option<Box<dyn Fn() + Send + Sync>>,
     /// TCP_CORK is on while a file is sent (see [`SendFile::cork`]); off at the next flush.
     corked: bool,
@@ -160,6 +165,7 @@ impl<I> GuardedIo<I> {
             seen_generation: 0,
             http2,
             preface_seen: 0,
+            prefix: None,
             on_header_timeout: None,
             corked: false,
             write_deadline: None,
@@ -219,9 +225,48 @@ impl<I> GuardedIo<I> {
     }
 }
 
+impl<I: AsyncRead + AsyncWrite + Unpin> GuardedIo<I> {
+    /// Reads a cleartext connection's first bytes, under the head timeout, until they tell
+    /// HTTP/2's preface (`Some(true)`) from an HTTP/1 head (`Some(false)`); `None` when the
+    /// client closed before sending anything. The next reads hand the bytes on, so the engine
+    /// for that protocol can be set up with its own limits (hyper-util's automatic builder
+    /// has no limit on an HTTP/1 head other than the read buffer's, which then also caps the
+    /// size of every body read).
+    pub async fn sniff(&mut self) -> io::Result<Option<bool>> {
+        use tokio::io::AsyncReadExt as _;
+        let mut got = bytes::BytesMut::with_capacity(SNIFF_ROOM);
+        while self.http2.is_none() {
+            if got.len() == got.capacity() {
+                got.reserve(SNIFF_ROOM);
+            }
+            if self.read_buf(&mut got).await? == 0 {
+                if got.is_empty() {
+                    return Ok(None);
+                }
+                // Closed inside what could have been the preface: hyper's HTTP/1 parser then
+                // sees the short request and the end.
+                self.http2 = Some(false);
+            }
+        }
+        if !got.is_empty() {
+            self.prefix = Some(got.freeze());
+        }
+        Ok(self.http2)
+    }
+}
+
 impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<I> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(prefix) = &mut this.prefix {
+            // Counted as read when `sniff` took them.
+            let n = prefix.len().min(buf.remaining());
+            buf.put_slice(&prefix.split_to(n));
+            if prefix.is_empty() {
+                this.prefix = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -658,5 +703,57 @@ mod tests {
                 assert_eq!(io.phase, Phase::Idle, "HTTP/2 has no head phase");
             }
         }
+    }
+
+    /// What `sniff` decides from `pieces` sent one write at a time, and the bytes the next
+    /// reads give: every byte sniffed, then the rest of the stream.
+    async fn sniffed(pieces: &[&[u8]]) -> (Option<bool>, Vec<u8>, Phase) {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut io = GuardedIo::new(server, ConnState::new(), limits(), None);
+        let pieces: Vec<Vec<u8>> = pieces.iter().map(|p| p.to_vec()).collect();
+        let writer = tokio::spawn(async move {
+            for p in pieces {
+                client.write_all(&p).await.expect("write");
+                // So that the server reads each piece on its own.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let found = io.sniff().await.expect("sniff");
+        let phase = io.phase;
+        writer.await.expect("writer");
+        let mut rest = Vec::new();
+        // Small reads, as a caller with little room would make.
+        let mut buf = [0u8; 7];
+        loop {
+            let n = io.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&buf[..n]);
+        }
+        (found, rest, phase)
+    }
+
+    #[tokio::test]
+    async fn sniff_tells_http2_from_http1_and_hands_every_byte_on() {
+        let head: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (h2, got, phase) = sniffed(&[head]).await;
+        assert_eq!((h2, got.as_slice(), phase), (Some(false), head, Phase::ReadingHead), "an HTTP/1 head in one read");
+
+        // The preface split over reads, then a frame: HTTP/2, with only the idle limit.
+        let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let (h2, got, phase) = sniffed(&[b"PRI * HT", b"TP/2.0\r\n\r\nSM\r\n\r\n", b"frame"]).await;
+        assert_eq!((h2, phase), (Some(true), Phase::Idle));
+        assert_eq!(got, [preface, b"frame"].concat());
+
+        // A method that starts like the preface is told apart at its first differing byte.
+        let (h2, got, _) = sniffed(&[b"P", b"UT /x HTTP/1.1\r\n\r\n"]).await;
+        assert_eq!((h2, got.as_slice()), (Some(false), b"PUT /x HTTP/1.1\r\n\r\n".as_slice()));
+
+        // Closed before a byte: nothing to serve. Closed inside the preface: HTTP/1, whose
+        // parser then sees the short request and the end.
+        assert_eq!(sniffed(&[]).await.0, None);
+        let (h2, got, _) = sniffed(&[b"PRI * "]).await;
+        assert_eq!((h2, got.as_slice()), (Some(false), b"PRI * ".as_slice()));
     }
 }
