@@ -734,7 +734,9 @@ mod tests {
         (found, rest, phase)
     }
 
-    #[tokio::test]
+    // Paused time: the writer's pauses, not the machine's speed, make the separate reads,
+    // and the head timeout never fires while they run.
+    #[tokio::test(start_paused = true)]
     async fn sniff_tells_http2_from_http1_and_hands_every_byte_on() {
         let head: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
         let (h2, got, phase) = sniffed(&[head]).await;

@@ -54,8 +54,10 @@ pub struct Settings {
 }
 
 /// The largest read hyper makes on an HTTP/1 connection (its read buffer's limit), so the
-/// largest piece of a request body. An idle connection keeps the buffer of its last read:
-/// after an upload, up to this much.
+/// largest piece of a request body. It also bounds how much of a response body hyper queues
+/// before it writes. The read buffer never shrinks and the read size only after two short
+/// reads: a connection left idle after a large upload keeps up to this much (at 20,000 such
+/// connections, 2.5 GiB; 320 MiB with 16 KiB).
 const READ_MAX: usize = 128 << 10;
 
 impl Settings {

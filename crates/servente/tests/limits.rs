@@ -283,26 +283,23 @@ fn oversized_heads_get_431() {
     let r = curl(&[&format!("{url}?q={}", "b".repeat(20_000))]);
     assert_eq!(r.status, 431, "{r:?}");
 
-    // hyper reads up to 128 KiB at once (for bodies): a big head that arrives in the same read
-    // as the request before it is still refused.
+    // hyper reads up to 128 KiB at once (for bodies): a big head pipelined behind another
+    // request, so read partly with it, is still refused.
     let mut s = connect(&server.addr("web"));
     let pipelined = format!("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n{big}\r\n\r\n");
     s.write_all(pipelined.as_bytes()).expect("send");
     let mut r = BufReader::new(s);
     let statuses = [0, 1].map(|_| common::read_response(&mut r, false).map(|r| r.status).unwrap_or(0));
     assert_eq!(statuses, [200, 431]);
-    // A body that was refused unread, then drained, is not taken for a head.
+    // A body refused unread is drained (hyper reads it in one go when it is small) and not
+    // taken for the next head.
     let mut s = connect(&server.addr("web"));
-    let body = "b".repeat(60_000);
+    let body = "b".repeat(1_500);
     let put = format!("PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}GET / HTTP/1.1\r\nHost: x\r\n\r\n", body.len());
     s.write_all(put.as_bytes()).expect("send");
     let mut r = BufReader::new(s);
-    let first = common::read_response(&mut r, false).expect("the answer to the PUT").status;
-    assert_eq!(first, 405);
-    // hyper may also close after a body it did not read; it must never answer 431.
-    if let Ok(next) = common::read_response(&mut r, false) {
-        assert_eq!(next.status, 200);
-    }
+    let statuses = [0, 1].map(|_| common::read_response(&mut r, false).map(|r| r.status).unwrap_or(0));
+    assert_eq!(statuses, [405, 200]);
 }
 
 #[test]
