@@ -11,7 +11,8 @@
 //!   an HTTP/1 client gets `408 Request Timeout` and the connection is closed;
 //! - busy (a request in flight): no limit on reading.
 //!
-//! HTTP/2 connections (detected by their preface) only get the idle limit.
+//! HTTP/2 connections (detected by their preface) only get the idle limit, counted from the
+//! connection's start or its last request's end whatever frames arrive meanwhile.
 //!
 //! Writes, in any phase and on tunnels (WebSocket) too, get `send_timeout`, as nginx's: a write
 //! that waits that long for room in the socket (the client not reading) ends the connection.
@@ -200,12 +201,13 @@ impl<I> GuardedIo<I> {
                 reset = true;
                 self.phase = Phase::Idle;
             }
-            if read_bytes && self.phase == Phase::Idle {
-                // HTTP/2 has no head phase here: any bytes are activity that restarts idle time.
+            // HTTP/2 has no head phase here, and its bytes do not restart idle time either: a
+            // request's HEADERS trickled a byte at a time, or PINGs, would otherwise hold the
+            // connection open for ever (Go's server does not count PINGs as activity either).
+            // Its idle time runs from the connection's start or its last request's end.
+            if read_bytes && self.phase == Phase::Idle && self.http2 != Some(true) {
                 reset = true;
-                if self.http2 != Some(true) {
-                    self.phase = Phase::ReadingHead;
-                }
+                self.phase = Phase::ReadingHead;
             }
         }
         if reset {
@@ -281,8 +283,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<I> {
                         this.http2 = Some(false);
                     } else if seen + n == H2_PREFACE.len() {
                         this.http2 = Some(true);
-                        // Earlier pieces of the preface may have been taken for a head.
+                        // Earlier pieces of the preface may have been taken for a head: the
+                        // idle limit, not the head timeout, runs from here.
                         this.phase = Phase::Idle;
+                        this.deadline = None;
                     } else {
                         this.preface_seen += n;
                     }
@@ -732,6 +736,50 @@ mod tests {
             rest.extend_from_slice(&buf[..n]);
         }
         (found, rest, phase)
+    }
+
+    /// Bytes that never make a request (a HEADERS frame trickled, PINGs) do not keep an HTTP/2
+    /// connection open past its idle limit.
+    #[tokio::test(start_paused = true)]
+    async fn http2_bytes_without_requests_do_not_restart_idle_time() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let state = ConnState::new();
+        let mut io = GuardedIo::new(server, state.clone(), limits(), Some(true));
+        let start = Instant::now();
+        let trickle = tokio::spawn(async move {
+            for _ in 0..20 {
+                if client.write_all(b"x").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        });
+        let mut buf = [0u8; 16];
+        let err = loop {
+            match io.read(&mut buf).await {
+                Ok(n) => assert!(n > 0, "the trickle ended before the limit"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.to_string(), "idle connection timeout");
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(700), "closed after {took:?}");
+        drop(io);
+        trickle.await.expect("trickle");
+
+        // A request that finishes starts a new idle period.
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut io = GuardedIo::new(server, state.clone(), limits(), Some(true));
+        client.write_all(b"frame").await.expect("write");
+        let n = io.read(&mut buf).await.expect("read");
+        assert_eq!(n, 5);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        state.request_started();
+        state.request_finished();
+        let start = Instant::now();
+        let err = io.read(&mut buf).await.expect_err("idle");
+        assert_eq!(err.to_string(), "idle connection timeout");
+        assert!(start.elapsed() >= Duration::from_millis(500), "the idle time ran from the request's end");
     }
 
     // Paused time: the writer's pauses, not the machine's speed, make the separate reads,

@@ -130,16 +130,31 @@ fn idle_keep_alive_connection_is_closed_after_a_response() {
 
 #[test]
 fn idle_http2_connection_is_closed_after_a_response() {
+    http2_idle_close(false);
+}
+
+/// PINGs are not requests: a client that keeps pinging is closed as an idle one is (the
+/// guard once restarted idle time at any bytes, so a trickle held a connection for ever).
+#[test]
+fn a_pinging_http2_connection_is_still_idle() {
+    http2_idle_close(true);
+}
+
+fn http2_idle_close(ping: bool) {
     use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
     let server = fixture().start(&limited("idle_timeout = \"1s\"", ""));
     let addr = server.addr("web");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2 handshake");
+        let mut client = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        client.timer(TokioTimer::new());
+        if ping {
+            client.keep_alive_interval(Duration::from_millis(200)).keep_alive_while_idle(true);
+        }
+        let (mut sender, conn) = client.handshake(TokioIo::new(tcp)).await.expect("h2 handshake");
         let conn = tokio::spawn(conn);
         let req = http::Request::get(format!("http://{addr}/")).body(Empty::<bytes::Bytes>::new()).expect("request");
         let res = tokio::time::timeout(common::WAIT, sender.send_request(req)).await.expect("in time").expect("response");
