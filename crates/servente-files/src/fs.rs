@@ -1188,15 +1188,17 @@ impl DavDirEntry for Entry {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// Where an upload written in batches of `WRITE_BATCH` gets its writeback hints, and what
     /// is left for the final fsync (the last batch is written with it, unhinted).
     fn hints(size: u64) -> (Vec<u64>, u64) {
-        let batch = super::WRITE_BATCH as u64;
+        let batch = WRITE_BATCH as u64;
         let (mut written, mut unsynced, mut at) = (0, 0, Vec::new());
         while size - written > batch {
             written += batch;
             unsynced += batch;
-            if unsynced >= super::hint_every(written) {
+            if unsynced >= hint_every(written) {
                 at.push(written);
                 unsynced = 0;
             }
@@ -1210,13 +1212,11 @@ mod tests {
         assert_eq!(hints(1 << 20), (vec![256 * k, 512 * k, 768 * k], 256 * k), "1 MiB: all but the last batch");
         let (at, left) = hints(100 << 20);
         assert!(at.len() < 30, "100 MiB: {} hints", at.len());
-        assert!(left <= super::SYNC_EVERY, "100 MiB: {left} bytes left for the fsync");
+        assert!(left <= SYNC_EVERY, "100 MiB: {left} bytes left for the fsync");
         let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps.windows(2).all(|g| g[0] <= g[1]), "hints spread out as the upload grows: {gaps:?}");
-        assert_eq!(gaps.last(), Some(&super::SYNC_EVERY));
+        assert_eq!(gaps.last(), Some(&SYNC_EVERY));
     }
-
-    use super::*;
 
     #[test]
     fn vectored_writes_put_every_chunk_in_place() {

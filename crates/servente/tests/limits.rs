@@ -300,21 +300,22 @@ fn oversized_heads_get_431() {
 
     // hyper reads up to 128 KiB at once (for bodies): a big head pipelined behind another
     // request, so read partly with it, is still refused.
-    let mut s = connect(&server.addr("web"));
     let pipelined = format!("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n{big}\r\n\r\n");
-    s.write_all(pipelined.as_bytes()).expect("send");
-    let mut r = BufReader::new(s);
-    let statuses = [0, 1].map(|_| common::read_response(&mut r, false).map(|r| r.status).unwrap_or(0));
-    assert_eq!(statuses, [200, 431]);
+    assert_eq!(two_statuses(&server.addr("web"), &pipelined), [200, 431]);
     // A body refused unread is drained (hyper reads it in one go when it is small) and not
     // taken for the next head.
-    let mut s = connect(&server.addr("web"));
     let body = "b".repeat(1_500);
     let put = format!("PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}GET / HTTP/1.1\r\nHost: x\r\n\r\n", body.len());
-    s.write_all(put.as_bytes()).expect("send");
+    assert_eq!(two_statuses(&server.addr("web"), &put), [405, 200]);
+}
+
+/// Sends `requests` (two, pipelined) in one write on a new connection; the statuses of the
+/// two answers, 0 for one that did not come.
+fn two_statuses(addr: &str, requests: &str) -> [u16; 2] {
+    let mut s = connect(addr);
+    s.write_all(requests.as_bytes()).expect("send");
     let mut r = BufReader::new(s);
-    let statuses = [0, 1].map(|_| common::read_response(&mut r, false).map(|r| r.status).unwrap_or(0));
-    assert_eq!(statuses, [405, 200]);
+    [0, 1].map(|_| common::read_response(&mut r, false).map(|r| r.status).unwrap_or(0))
 }
 
 #[test]
