@@ -231,3 +231,19 @@ fn reference_lists_each_key_under_its_own_table() {
     }
     assert!(misplaced.is_empty(), "{misplaced:#?}");
 }
+
+/// The training run of the profile-guided release build (scripts/build-release) checks every
+/// answer it gets; run quickly here, it keeps that workload in step with the server: a route or
+/// config key that changed fails this test instead of training error paths.
+#[test]
+fn the_pgo_training_run_gets_the_answers_it_expects() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pgo-train");
+    let out = std::process::Command::new("python3")
+        .args([script, "--quick", common::BIN])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run python3 scripts/pgo-train");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgo-train failed ({}): {stderr}", out.status);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pgo-train: done"));
+}
