@@ -237,34 +237,10 @@ fn reference_lists_each_key_under_its_own_table() {
 /// config key that changed fails this test instead of training error paths.
 #[test]
 fn the_pgo_training_run_gets_the_answers_it_expects() {
-    use std::io::Read;
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
-
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pgo-train");
-    let mut child = Command::new("python3")
-        .args([script, "--quick", common::BIN])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run python3 scripts/pgo-train");
-    // Bounded like every wait in these tests; SIGTERM lets the script stop what it started.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).status();
-            let _ = child.wait();
-            panic!("pgo-train --quick did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    child.stdout.take().expect("stdout").read_to_string(&mut stdout).expect("read stdout");
-    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read stderr");
-    assert!(status.success(), "pgo-train failed ({status}): {stderr}");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([script, "--quick", common::BIN]);
+    let (code, stdout, stderr) = common::run_bounded(cmd, None, std::time::Duration::from_secs(120));
+    assert_eq!(code, 0, "pgo-train failed: {stderr}");
     assert!(stdout.contains("pgo-train: done"), "{stdout}");
 }

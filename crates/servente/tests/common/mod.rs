@@ -581,28 +581,35 @@ pub fn run_servente(args: &[&str]) -> (i32, String, String) {
 
 /// Like [`run_servente`], with `stdin` (if any) as the command's standard input.
 pub fn run_servente_with_input<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], stdin: Option<&str>) -> (i32, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("RUST_LOG").env("NO_COLOR", "1");
+    run_bounded(cmd, stdin, WAIT)
+}
+
+/// Runs a command to its end and returns (exit code, stdout, stderr); one still running after
+/// `limit` gets SIGTERM (a script may then stop what it started), SIGKILL 5 s later, and the
+/// test fails.
+pub fn run_bounded(mut cmd: Command, stdin: Option<&str>, limit: Duration) -> (i32, String, String) {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run servente");
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
     if let Some(text) = stdin {
         let mut pipe = child.stdin.take().expect("stdin pipe");
         let _ = pipe.write_all(text.as_bytes());
         // Dropping the pipe closes it: the command sees the end of its input.
     }
-    let pid = child.id();
+    let pid = child.id().to_string();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    match rx.recv_timeout(WAIT) {
+    match rx.recv_timeout(limit) {
         Ok(out) => {
-            let out = out.expect("servente output");
+            let out = out.expect("command output");
             (
                 out.status.code().unwrap_or(-1),
                 String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -610,8 +617,11 @@ pub fn run_servente_with_input<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args
             )
         }
         Err(_) => {
-            let _ = Command::new("kill").arg("-s").arg("KILL").arg(pid.to_string()).status();
-            panic!("servente {args:?} did not finish within {WAIT:?}");
+            let _ = Command::new("kill").args(["-s", "TERM", &pid]).status();
+            if rx.recv_timeout(Duration::from_secs(5)).is_err() {
+                let _ = Command::new("kill").args(["-s", "KILL", &pid]).status();
+            }
+            panic!("{what} did not finish within {limit:?}");
         }
     }
 }
