@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt
 
 use crate::pool::Address;
 use crate::read_timeout::ReadTimeout;
+use servente_core::lazy_timer::LazyTimer;
 
 const VERSION: u8 = 1;
 const BEGIN_REQUEST: u8 = 1;
@@ -161,7 +162,9 @@ pub struct FastCgiRoute {
     pool_key: Arc<str>,
     /// Recent answers of `script_for` by URL path: a busy front controller would otherwise
     /// cost a trip to the blocking pool and a few file system calls per request.
-    cache: dashmap::DashMap<String, (Option<Arc<Script>>, Instant)>,
+    /// Looked up on every request: keyed with foldhash (seeded per process, as the file cache
+    /// of `servente-web`), not SipHash; the map is bounded by `SCRIPT_CACHE_MAX`.
+    cache: dashmap::DashMap<String, (Option<Arc<Script>>, Instant), foldhash::fast::RandomState>,
 }
 
 /// How long a cached script resolution is trusted (a new or removed file is seen after this).
@@ -190,7 +193,7 @@ impl FastCgiRoute {
             max_idle: c.max_idle,
             timeout: c.timeout.0,
             pool_key: Arc::from(c.address.as_str()),
-            cache: dashmap::DashMap::new(),
+            cache: dashmap::DashMap::default(),
         })
     }
 
@@ -292,16 +295,17 @@ impl FastCgiRoute {
             _ => (host, if cx.tls { "443" } else { "80" }),
         };
         let mut scratch = String::new();
-        let file = script.file.to_string_lossy();
-        let root = self.root.to_string_lossy();
+        // Paths go as their bytes: FastCGI values are bytes, and a file name need not be UTF-8.
+        let file = script.file.as_os_str().as_encoded_bytes();
+        let root = self.root.as_os_str().as_encoded_bytes();
         put("GATEWAY_INTERFACE", b"CGI/1.1");
         put("SERVER_SOFTWARE", b"servente");
         put("REQUEST_METHOD", req.method().as_str().as_bytes());
         put("REQUEST_URI", uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
         put("QUERY_STRING", uri.query().unwrap_or("").as_bytes());
         put("SCRIPT_NAME", script.name.as_bytes());
-        put("SCRIPT_FILENAME", file.as_bytes());
-        put("DOCUMENT_ROOT", root.as_bytes());
+        put("SCRIPT_FILENAME", file);
+        put("DOCUMENT_ROOT", root);
         scratch.push_str(&script.name);
         scratch.push_str(&script.path_info);
         put("DOCUMENT_URI", scratch.as_bytes());
@@ -343,10 +347,7 @@ impl FastCgiRoute {
         // php-cgi refuses to run without it unless cgi.force_redirect is off.
         put("REDIRECT_STATUS", b"200");
         if !script.path_info.is_empty() {
-            scratch.clear();
-            scratch.push_str(&root);
-            scratch.push_str(&script.path_info);
-            put("PATH_TRANSLATED", scratch.as_bytes());
+            put("PATH_TRANSLATED", &[root, script.path_info.as_bytes()].concat());
         }
         if cx.tls {
             put("HTTPS", b"on");
@@ -432,7 +433,10 @@ impl FastCgiRoute {
         let request = out.split().freeze();
         // A kept connection may have been closed by the application meanwhile: if writing the
         // head on it fails, a fresh connection takes the request (nothing of it was processed).
-        let mut reused = take_idle(&self.pool_key);
+        let (mut reused, timer) = match take_idle(&self.pool_key) {
+            Some(Idle { stream, timer }) => (Some(stream), timer),
+            None => (None, LazyTimer::default()),
+        };
         if let Some(s) = reused.as_mut()
             && self.send(s, &request).await.is_err()
         {
@@ -474,11 +478,11 @@ impl FastCgiRoute {
         }
         // The response head.
         let keep = (self.max_idle > 0).then(|| (self.pool_key.clone(), self.max_idle));
-        let mut reader = RecordReader { stream: Some(stream), buf: BytesMut::with_capacity(16 * 1024), done: false, keep };
+        let mut reader = RecordReader { stream: Some(stream), timer, buf: BytesMut::with_capacity(16 * 1024), done: false, keep };
         let mut head = BytesMut::new();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let (status, headers, rest) = loop {
-            let next = tokio::time::timeout_at(deadline, reader.next_stdout()).await.map_err(|_| Failure::Timeout)?;
+            let next = reader.next_stdout_by(deadline).await.ok_or(Failure::Timeout)?;
             match next {
                 Ok(Some(chunk)) => head.extend_from_slice(&chunk),
                 Ok(None) => return Err("the script ended without a response".into()),
@@ -650,23 +654,34 @@ fn too_large() -> Response<Body> {
 
 struct RecordReader {
     stream: Option<Box<dyn Stream>>,
+    /// The connection's timer for the response head, kept with it in the pool.
+    timer: LazyTimer,
     buf: BytesMut,
     done: bool,
     /// Pool key and size: where the connection goes once the response is complete.
     keep: Option<(Arc<str>, usize)>,
 }
 
-thread_local! {
-    /// Idle kept-alive FastCGI connections of this worker thread, by address.
-    static IDLE: std::cell::RefCell<std::collections::HashMap<String, Vec<Box<dyn Stream>>>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
+/// A kept-alive connection waiting in the pool, with its timer: a timer kept from one request
+/// to the next moves later for free, where a `timeout_at` per request would register one in
+/// tokio's timer wheel and remove it again (see [`servente_core::lazy_timer`]).
+struct Idle {
+    stream: Box<dyn Stream>,
+    timer: LazyTimer,
 }
 
-fn take_idle(key: &str) -> Option<Box<dyn Stream>> {
+type IdleMap = std::collections::HashMap<String, Vec<Idle>, foldhash::fast::RandomState>;
+
+thread_local! {
+    /// Idle kept-alive FastCGI connections of this worker thread, by address.
+    static IDLE: std::cell::RefCell<IdleMap> = std::cell::RefCell::new(IdleMap::default());
+}
+
+fn take_idle(key: &str) -> Option<Idle> {
     IDLE.with(|p| p.borrow_mut().get_mut(key)?.pop())
 }
 
-fn put_idle(key: &str, stream: Box<dyn Stream>, max: usize) {
+fn put_idle(key: &str, stream: Idle, max: usize) {
     IDLE.with(|p| {
         let mut p = p.borrow_mut();
         // The key is allocated once per address and thread, not per request.
@@ -682,6 +697,16 @@ fn put_idle(key: &str, stream: Box<dyn Stream>, max: usize) {
 }
 
 impl RecordReader {
+    /// [`RecordReader::next_stdout`], or None once `deadline` has passed.
+    async fn next_stdout_by(&mut self, deadline: tokio::time::Instant) -> Option<Result<Option<Bytes>, String>> {
+        // The timer is lent out while it runs; a connection pooled meanwhile (an answer that
+        // ended at once) goes without it and gets a new one when next used.
+        let mut timer = std::mem::take(&mut self.timer);
+        let next = timer.bound(deadline, self.next_stdout()).await;
+        self.timer = timer;
+        next
+    }
+
     /// The next STDOUT bytes; `None` at END_REQUEST. STDERR lines go to the log.
     async fn next_stdout(&mut self) -> Result<Option<Bytes>, String> {
         loop {
@@ -700,7 +725,7 @@ impl RecordReader {
                     if let (Some((key, max)), Some(stream)) = (&self.keep, self.stream.take())
                         && self.buf.is_empty()
                     {
-                        put_idle(key, stream, *max);
+                        put_idle(key, Idle { stream, timer: std::mem::take(&mut self.timer) }, *max);
                     }
                     return Ok(None);
                 }

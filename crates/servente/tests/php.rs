@@ -92,6 +92,9 @@ if (isset($_GET['go'])) { header('Location: /elsewhere'); exit; }
 echo "uri=", $_SERVER['REQUEST_URI'], "\n";
 echo "script=", $_SERVER['SCRIPT_NAME'], "\n";
 echo "path_info=", $_SERVER['PATH_INFO'] ?? '', "\n";
+echo "root=", $_SERVER['DOCUMENT_ROOT'], "\n";
+echo "filename=", $_SERVER['SCRIPT_FILENAME'], "\n";
+echo "translated=", $_SERVER['PATH_TRANSLATED'] ?? '', "\n";
 echo "method=", $_SERVER['REQUEST_METHOD'], "\n";
 echo "query=", $_SERVER['QUERY_STRING'], "\n";
 echo "https=", $_SERVER['HTTPS'] ?? 'off', "\n";
@@ -165,6 +168,12 @@ fn php_through_fastcgi() {
         assert!(t.contains(want), "missing {want} in:\n{t}");
     }
     assert_eq!(r.header("x-app"), Some("php"));
+    // The paths on disk: the site's root, the script in it, and PATH_INFO under the root.
+    let line = |name: &str| t.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().to_string();
+    let root = line("root=");
+    assert!(root.ends_with("/root"), "{t}");
+    assert_eq!(line("filename="), format!("{root}/index.php"), "{t}");
+    assert_eq!(line("translated="), format!("{root}/a/b"), "{t}");
 
     // Front controller: pretty URLs with no file behind them.
     let t = curl(&[&format!("{base}/blog/2026/hello")]).text();
