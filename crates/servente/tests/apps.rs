@@ -377,6 +377,68 @@ impl AppServer {
 // ---------------------------------------------------------------------------------------------
 // 1. Proxy basics
 
+/// `protocol = "http2"`: the upstream is spoken to over cleartext HTTP/2 with prior knowledge.
+/// A second servente is the upstream, and its access log shows every request arriving as
+/// HTTP/2.0: a small GET, a 1 MiB GET (its bytes intact), a HEAD, and a request whose client
+/// came over HTTP/2 itself.
+#[test]
+fn proxy_speaks_http2_to_an_h2c_upstream() {
+    let up = Fixture::new();
+    up.write("root/hello.txt", "hello over h2\n");
+    let big = noise(1 << 20, 11);
+    up.write("root/big.bin", &big);
+    let upstream = up.start(
+        "[server]\ndata_dir = \"{dir}/data\"\n\n[access_log]\nformat = \"json\"\noutput = \"{dir}/access.log\"\n\n\
+         [[listener]]\nname = \"web\"\naddress = \"127.0.0.1:0\"\n\n[[site]]\nname = \"main\"\nroot = \"root\"\n",
+    );
+    let toml = config(
+        "",
+        &format!(
+            "[[upstream]]\nname = \"h2\"\nservers = [\"{}\"]\nprotocol = \"http2\"\n\n\
+             [[site]]\nname = \"main\"\n\n[[site.proxy]]\npath = \"/up/\"\nupstream = \"h2\"\nstrip_prefix = \"/up\"\n",
+            upstream.addr("web")
+        ),
+    );
+    let server = Fixture::new().start(&toml);
+    let base = server.url("web");
+
+    let r = curl(&[&format!("{base}/up/hello.txt")]);
+    assert_eq!((r.status, r.text().as_str()), (200, "hello over h2\n"), "{r:?}");
+    let r = curl(&[&format!("{base}/up/big.bin")]);
+    assert_eq!(r.status, 200, "{}", r.stderr);
+    assert!(r.body == big, "the 1 MiB body changed on its way: {} bytes", r.body.len());
+    let r = curl(&["-I", &format!("{base}/up/hello.txt")]);
+    assert_eq!((r.status, r.header("content-length")), (200, Some("14")), "{r:?}");
+    let r = curl(&["--http2-prior-knowledge", &format!("{base}/up/hello.txt")]);
+    assert_eq!((r.status, r.version.as_str(), r.text().as_str()), (200, "2", "hello over h2\n"), "{r:?}");
+
+    let log = up_log_lines(&upstream, 4);
+    let seen: Vec<(String, String, String)> = log
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            (s("method"), s("target"), s("version"))
+        })
+        .collect();
+    for (method, target) in [("GET", "/hello.txt"), ("GET", "/big.bin"), ("HEAD", "/hello.txt")] {
+        assert!(seen.iter().any(|(m, t, _)| m == method && t == target), "no {method} {target} upstream: {seen:?}");
+    }
+    assert!(seen.iter().all(|(_, _, v)| v == "HTTP/2.0"), "every request reached the upstream over HTTP/2: {seen:?}");
+}
+
+/// The upstream servente's access log, once it has at least `n` lines (bounded wait).
+fn up_log_lines(upstream: &Server, n: usize) -> Vec<String> {
+    let path = upstream.fx.path().join("access.log");
+    let mut lines = Vec::new();
+    let ok = wait_until(WAIT, || {
+        lines = std::fs::read_to_string(&path).unwrap_or_default().lines().map(str::to_string).collect();
+        lines.len() >= n
+    });
+    assert!(ok, "the upstream logged {} requests, expected {n}: {lines:#?}", lines.len());
+    lines
+}
+
 #[test]
 fn proxy_forwards_requests_headers_and_bodies() {
     let a = Helper::upstream("A");
