@@ -283,7 +283,7 @@ impl FastCgiRoute {
     /// showed as the largest item of the FastCGI path in profiles.
     /// `length`: the body's length when it was read ahead (see [`Buffered`]); otherwise the
     /// request's Content-Length goes as it is.
-    fn params(&self, req: &Request<RequestBody>, script: &Script, cx: &RequestCx, length: Option<u64>) -> Vec<u8> {
+    fn params<B>(&self, req: &Request<B>, script: &Script, cx: &RequestCx, length: Option<u64>) -> Vec<u8> {
         use std::fmt::Write as _;
         let mut out = Vec::with_capacity(1024);
         let mut put = |name: &str, value: &[u8]| encode_param(&mut out, name, value);
@@ -346,8 +346,11 @@ impl FastCgiRoute {
         put("CONTENT_TYPE", text(header::CONTENT_TYPE).unwrap_or("").as_bytes());
         // php-cgi refuses to run without it unless cgi.force_redirect is off.
         put("REDIRECT_STATUS", b"200");
+        let mut value = Vec::new();
         if !script.path_info.is_empty() {
-            put("PATH_TRANSLATED", &[root, script.path_info.as_bytes()].concat());
+            value.extend_from_slice(root);
+            value.extend_from_slice(script.path_info.as_bytes());
+            put("PATH_TRANSLATED", &value);
         }
         if cx.tls {
             put("HTTPS", b"on");
@@ -356,7 +359,6 @@ impl FastCgiRoute {
             put("REMOTE_USER", user.as_bytes());
         }
         // Each header name once, its values joined with ", " (as CGI wants).
-        let mut value = Vec::new();
         for name in req.headers().keys() {
             // `Proxy` would become HTTP_PROXY, which many libraries take as their proxy
             // setting ("httpoxy"); Content-Type and -Length are passed above.
@@ -664,7 +666,9 @@ struct RecordReader {
 
 /// A kept-alive connection waiting in the pool, with its timer: a timer kept from one request
 /// to the next moves later for free, where a `timeout_at` per request would register one in
-/// tokio's timer wheel and remove it again (see [`servente_core::lazy_timer`]).
+/// tokio's timer wheel and remove it again (see [`servente_core::lazy_timer`]). While the
+/// connection is pooled, its armed timer keeps the last request's waker: that task gets one
+/// spurious wake when the timer fires, unless the connection is used before.
 struct Idle {
     stream: Box<dyn Stream>,
     timer: LazyTimer,
@@ -699,8 +703,9 @@ fn put_idle(key: &str, stream: Idle, max: usize) {
 impl RecordReader {
     /// [`RecordReader::next_stdout`], or None once `deadline` has passed.
     async fn next_stdout_by(&mut self, deadline: tokio::time::Instant) -> Option<Result<Option<Bytes>, String>> {
-        // The timer is lent out while it runs; a connection pooled meanwhile (an answer that
-        // ended at once) goes without it and gets a new one when next used.
+        // The timer is lent out while it runs. Should the connection be pooled meanwhile (a
+        // script that ended before its head was complete), it goes without one and gets a new
+        // one when next used.
         let mut timer = std::mem::take(&mut self.timer);
         let next = timer.bound(deadline, self.next_stdout()).await;
         self.timer = timer;
@@ -831,5 +836,60 @@ mod tests {
         assert_eq!(r.script_for("/no/such/page").expect("front controller").name, "/index.php");
         assert_eq!(r.script_for("/up.jpg/evil.php").map(|s| s.name), Some("/index.php".to_string()), "never a non-script file");
         assert_eq!(r.script_for("/missing.php").map(|s| s.name), Some("/index.php".to_string()));
+    }
+
+    /// The pairs of an FCGI_PARAMS content, decoded.
+    fn decode_params(mut p: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let length = |p: &mut &[u8]| -> usize {
+            if p[0] < 0x80 {
+                let n = p[0] as usize;
+                *p = &p[1..];
+                n
+            } else {
+                let n = u32::from_be_bytes([p[0] & 0x7f, p[1], p[2], p[3]]) as usize;
+                *p = &p[4..];
+                n
+            }
+        };
+        let mut pairs = Vec::new();
+        while !p.is_empty() {
+            let (n, v) = (length(&mut p), length(&mut p));
+            pairs.push((p[..n].to_vec(), p[n..n + v].to_vec()));
+            p = &p[n + v..];
+        }
+        pairs
+    }
+
+    #[test]
+    fn paths_reach_the_application_as_their_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        // A root whose name is not UTF-8: PHP gets its bytes, not U+FFFD.
+        let root = Path::new(std::ffi::OsStr::from_bytes(b"/srv/caf\xe9"));
+        let c = FastCgiConfig { address: "unix:/run/php.sock".into(), path: "/".into(), extension: ".php".into(), ..Default::default() };
+        let r = FastCgiRoute::new(&c, root).expect("route");
+        let script = Script { name: "/index.php".into(), path_info: "/a/b".into(), file: root.join("index.php") };
+        let req = Request::builder().uri("/index.php/a/b?x=1").header("host", "example.org").body(()).expect("request");
+        let cx = RequestCx {
+            listener: "web".into(),
+            listener_index: 0,
+            peer: Some("192.0.2.7:4242".parse().expect("address")),
+            tls: false,
+            sendfile: false,
+            sni: None,
+            site: None,
+            user: None,
+            started: Instant::now(),
+            max_body: 1 << 20,
+        };
+        let pairs = decode_params(&r.params(&req, &script, &cx, None));
+        let get = |name: &str| pairs.iter().find(|(n, _)| n == name.as_bytes()).map(|(_, v)| v.clone()).unwrap_or_default();
+        assert_eq!(get("DOCUMENT_ROOT"), b"/srv/caf\xe9");
+        assert_eq!(get("SCRIPT_FILENAME"), b"/srv/caf\xe9/index.php");
+        assert_eq!(get("PATH_TRANSLATED"), b"/srv/caf\xe9/a/b");
+        assert_eq!(get("PATH_INFO"), b"/a/b");
+        assert_eq!(get("QUERY_STRING"), b"x=1");
+        assert_eq!((get("REMOTE_ADDR"), get("REMOTE_PORT")), (b"192.0.2.7".to_vec(), b"4242".to_vec()));
+        assert_eq!((get("SERVER_NAME"), get("SERVER_PORT")), (b"example.org".to_vec(), b"80".to_vec()));
+        assert_eq!(get("HTTP_HOST"), b"example.org");
     }
 }
