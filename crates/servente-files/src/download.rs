@@ -33,11 +33,12 @@ pub fn needs_dav_server(h: &HeaderMap) -> bool {
 
 /// `sendfile`: the request's [`servente_core::RequestCx::sendfile`].
 pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: bool, sendfile: bool) -> Option<Response<Body>> {
-    let Ok(Node::Area { depth, .. }) = st.resolve(dav, &caller.who) else { return None };
+    let Ok(Node::Area { depth, .. }) = st.resolve_to_open(dav, &caller.who) else { return None };
     if depth == 0 {
         return None;
     }
-    let file = std::fs::File::open(st.disk_path(dav)).ok()?;
+    // A link as the last component fails here (ELOOP); dav-server's path then refuses it.
+    let file = open_no_follow(&st.disk_path(dav)).ok()?;
     let meta = StdMeta(file.metadata().ok()?);
     if !meta.0.is_file() {
         return None;
@@ -63,6 +64,11 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
     }
     *r.status_mut() = StatusCode::OK;
     Some(r)
+}
+
+fn open_no_follow(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).open(path)
 }
 
 #[cfg(test)]

@@ -228,6 +228,17 @@ impl Storage {
     /// Places `path` for `who`. Areas the caller may not see are "not found", so names of other
     /// people's homes and folders do not leak.
     pub fn resolve(&self, path: &DavPath, who: &Principal) -> FsResult<Node> {
+        self.resolve_checking(path, who, true)
+    }
+
+    /// [`Storage::resolve`] for a caller that opens the path's last component itself, with
+    /// `O_NOFOLLOW` (which refuses a link there): that component is not looked at here, which
+    /// spares a cold download one `lstat`.
+    pub fn resolve_to_open(&self, path: &DavPath, who: &Principal) -> FsResult<Node> {
+        self.resolve_checking(path, who, false)
+    }
+
+    fn resolve_checking(&self, path: &DavPath, who: &Principal, leaf: bool) -> FsResult<Node> {
         let raw = path.as_rel_ospath().as_os_str().as_encoded_bytes();
         let mut segs = raw.split(|&b| b == b'/').filter(|s| !s.is_empty());
         let Some(top) = segs.next() else { return Ok(Node::Root) };
@@ -245,20 +256,25 @@ impl Storage {
         }
         self.ensure_area(kind, name)?;
         if depth > 0 {
-            self.refuse_links(raw)?;
+            self.refuse_links(raw, leaf)?;
         }
         Ok(Node::Area { kind, name: name.to_string(), write, depth })
     }
 
     /// WebDAV cannot make symbolic links, but one placed on disk by hand could lead out of the
     /// area (dav-server's local filesystem follows links): every existing component of the
-    /// path below the area must be a real file or folder. Listings hide links.
-    fn refuse_links(&self, rel: &[u8]) -> FsResult<()> {
+    /// path below the area must be a real file or folder (the last one only with `leaf`).
+    /// Listings hide links.
+    fn refuse_links(&self, rel: &[u8], leaf: bool) -> FsResult<()> {
         let mut p = self.root.clone();
-        for (i, seg) in rel.split(|&b| b == b'/').filter(|s| !s.is_empty()).enumerate() {
+        let mut segs = rel.split(|&b| b == b'/').filter(|s| !s.is_empty()).enumerate().peekable();
+        while let Some((i, seg)) = segs.next() {
             p.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(seg));
             if i < 2 {
                 continue;
+            }
+            if !leaf && segs.peek().is_none() {
+                break;
             }
             match std::fs::symlink_metadata(&p) {
                 Ok(m) if m.file_type().is_symlink() => return Err(FsError::Forbidden),

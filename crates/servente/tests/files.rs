@@ -892,6 +892,31 @@ fn concurrent_puts_share_the_quota() {
     );
 }
 
+/// Links placed on disk by hand lead nowhere over WebDAV: not as the file asked for (a GET
+/// opens it refusing links), not as a folder on the way, and not for a Range request, which
+/// takes dav-server's path. The real file beside them downloads.
+#[test]
+fn links_placed_by_hand_are_refused_on_download() {
+    let dav = Dav::start("");
+    dav.mkcol_ok(ALICE, "/users/alice/d/");
+    dav.put_ok(ALICE, "/users/alice/d/real.txt", b"real bytes");
+    let home = dav.disk("users/alice");
+    std::os::unix::fs::symlink("/etc/hostname", home.join("outside")).expect("symlink");
+    std::os::unix::fs::symlink(home.join("d/real.txt"), home.join("inside")).expect("symlink");
+    std::os::unix::fs::symlink("/etc", home.join("etc")).expect("symlink");
+    std::os::unix::fs::symlink(home.join("d"), home.join("dlink")).expect("symlink");
+    let r = dav.get(ALICE, "/users/alice/d/real.txt");
+    expect(&r, 200, "the real file");
+    assert_eq!(r.body, b"real bytes");
+    for path in ["/users/alice/outside", "/users/alice/inside", "/users/alice/etc/hostname", "/users/alice/dlink/real.txt"] {
+        for args in [&[][..], &["-H", "Range: bytes=0-3"][..]] {
+            let r = dav.call(ALICE, "GET", path, args);
+            expect(&r, 403, &format!("GET {path} {args:?}"));
+            assert!(!String::from_utf8_lossy(&r.body).contains("real bytes"), "{path}: {}", r.text());
+        }
+    }
+}
+
 /// A folder larger than one piece of servente's own PROPFIND answer (256 entries) is read and
 /// statted in pieces, several at once, and streamed in order. Every entry must come exactly once,
 /// in well-formed XML, with its own length and dead property, links left out; also when the
