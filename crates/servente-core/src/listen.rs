@@ -26,11 +26,12 @@ impl BoundListener {
         }
     }
 
+    /// The next connection. `TCP_NODELAY` is left to whoever serves it (`GuardedIo` sets it
+    /// before a second write, a TLS connection before its handshake).
     pub async fn accept(&self) -> io::Result<(Accepted, Option<SocketAddr>)> {
         match self {
             BoundListener::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
-                let _ = s.set_nodelay(true);
                 Ok((Accepted::Tcp(s), Some(peer)))
             }
             BoundListener::Unix(l, _) => {

@@ -400,6 +400,8 @@ where
     match spec.tls.clone() {
         None => serve_http(io, None, None, peer, spec, shared).await,
         Some(tls) => {
+            // The handshake's flights are several writes each way.
+            io.set_nodelay();
             let boxed = Box::pin(serve_tls(io, tls, peer, spec, shared));
             boxed.await
         }
