@@ -151,8 +151,9 @@ pub struct GuardedIo<I> {
     write_deadline: Option<Instant>,
     /// Its timer, made at the first stall.
     write_sleep: Option<Pin<Box<Sleep>>>,
-    /// A write has been made, and `TCP_NODELAY` is set (see [`GuardedIo::nodelay_before_write`]).
+    /// A write has been made.
     wrote: bool,
+    /// `TCP_NODELAY` is set (see [`GuardedIo::nodelay_before_write`]).
     nodelay: bool,
     /// The client closed its side: a read found the end.
     read_eof: bool,
@@ -473,10 +474,10 @@ impl<I: AsyncRead + AsyncWrite + SendFile + Unpin> AsyncWrite for GuardedIo<I> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.uncork();
-        // A plain socket (the streams that can `sendfile`) whose client has closed its side
-        // has nothing left to read, so closing it sends the FIN after the queued bytes, as
-        // `shutdown` would: one system call fewer for every connection that ends that way.
-        if self.read_eof && self.inner.can_sendfile() {
+        // A plain socket whose client has closed its side has nothing left to read (no byte
+        // follows a FIN), so closing it sends the FIN after the queued bytes, as `shutdown`
+        // would: one system call fewer for every connection that ends that way.
+        if self.read_eof && self.inner.fin_on_drop() {
             return Poll::Ready(Ok(()));
         }
         // A TLS close_notify waits for room like any write.

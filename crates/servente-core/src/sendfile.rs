@@ -158,17 +158,17 @@ pub fn unread(file: &Arc<File>, offset: u64, len: u64) -> Option<Bytes> {
     Some(Bytes::from_owner(Owner { mirror, mem, slot, area }))
 }
 
-/// Distance between the pages [`cached`] looks at: two probes for a 1 MiB file, three for a
-/// whole [`UNREAD_SLOT`]. Each is a system call on a cold request's path (at 256 KiB, a 1 MiB
-/// download made five).
-const PROBE_EVERY: u64 = 1 << 20;
+/// Distance between the pages [`cached`] looks at. Each probe is a system call (five for a
+/// 1 MiB file), but a wider gap lets a larger uncached hole through, and `sendfile` then waits
+/// for the disk on a worker that serves every connection of its core.
+const PROBE_EVERY: u64 = 256 << 10;
 
 /// Whether `len` bytes of `file` from `offset` are in the page cache, judged by one byte every
 /// [`PROBE_EVERY`] and the last one, each read with `preadv2(RWF_NOWAIT)` (which refuses
-/// rather than wait for the disk). A file read through is cached whole or not at all in
-/// practice; a region evicted between two probes makes `sendfile` wait for it on the
-/// connection's thread, as nginx's does, which never asks. (`cachestat(2)` would count every
-/// page, but needs Linux 6.5 and a raw system call.)
+/// rather than wait for the disk). A region evicted between two probes (memory pressure, a
+/// file read only in part) makes `sendfile` wait for it on the connection's thread, as
+/// nginx's does, which never asks. (`cachestat(2)` would count every page, but needs Linux 6.5
+/// and a raw system call.)
 fn cached(file: &File, offset: u64, len: u64) -> bool {
     let last = offset + len - 1;
     let mut byte = [0u8; 1];
@@ -246,12 +246,23 @@ pub trait SendFile {
     /// Turns off Nagle's algorithm (`TCP_NODELAY`), for a TCP connection that writes a second
     /// time (see `GuardedIo`'s `nodelay_before_write`).
     fn set_nodelay(&self) {}
+
+    /// The stream is a kernel socket that nothing else holds: dropping it closes it, which
+    /// sends a FIN after the queued bytes as `shutdown` would, as long as nothing is left
+    /// unread (see `GuardedIo`'s `poll_shutdown`).
+    fn fin_on_drop(&self) -> bool {
+        false
+    }
 }
 
 macro_rules! socket_sendfile {
     ($t:ty $(, $cork:ident, $nodelay:ident)?) => {
         impl SendFile for $t {
             fn can_sendfile(&self) -> bool {
+                true
+            }
+
+            fn fin_on_drop(&self) -> bool {
                 true
             }
 

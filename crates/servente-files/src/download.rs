@@ -66,9 +66,13 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
     Some(r)
 }
 
+/// Opens `path` for reading, refusing a link as its last component (ELOOP), and without
+/// waiting for a writer if it is a FIFO placed there by hand (a regular file ignores
+/// O_NONBLOCK).
 fn open_no_follow(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).open(path)
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    std::fs::OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(path)
 }
 
 #[cfg(test)]
