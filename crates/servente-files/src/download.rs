@@ -48,8 +48,7 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
     let mut r = Response::new(body);
     let h = r.headers_mut();
     let name = dav.file_name().unwrap_or("");
-    let mime = name.rsplit_once('.').and_then(|(_, ext)| mime_guess::from_ext(ext).first_raw()).unwrap_or("application/octet-stream");
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::mime::of_name(name)));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Some(tag) = meta.etag()

@@ -17,6 +17,7 @@ pub mod download;
 pub mod fs;
 pub mod guard;
 pub mod locks;
+pub mod mime;
 pub mod propfind;
 pub mod share;
 pub mod ui;

@@ -366,7 +366,6 @@ struct Listing {
 /// What one piece's writer keeps from entry to entry.
 #[derive(Default)]
 struct Writer {
-    mime: MimeCache,
     dates: Dates,
     key: Vec<u8>,
     tail: String,
@@ -547,26 +546,6 @@ impl Dates {
     }
 }
 
-/// Media types by extension, remembered for one listing (folders hold many files of a kind).
-#[derive(Default)]
-struct MimeCache {
-    map: HashMap<String, &'static str>,
-}
-
-impl MimeCache {
-    fn get(&mut self, file_name: &str) -> &'static str {
-        let Some((_, ext)) = file_name.rsplit_once('.') else { return "application/octet-stream" };
-        if let Some(m) = self.map.get(ext) {
-            return m;
-        }
-        let m = mime_guess::from_ext(ext).first_raw().unwrap_or("application/octet-stream");
-        if self.map.len() < 256 {
-            self.map.insert(ext.to_string(), m);
-        }
-        m
-    }
-}
-
 /// Bytes kept as they are in hrefs: RFC 3986 unreserved characters.
 const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
@@ -574,7 +553,7 @@ const SUPPORTED_LOCK: &str = "<D:supportedlock><D:lockentry><D:lockscope><D:excl
 
 /// Writes a live property as its whole element; false when this resource has none.
 fn live(name: &str, f: &Facts, file_name: &str, home: Option<(u64, Option<u64>)>, w: &mut Writer, out: &mut String) -> bool {
-    let Writer { mime, dates, .. } = w;
+    let Writer { dates, .. } = w;
     match name {
         "creationdate" => match f.created.and_then(|(s, _)| dates.iso(s)) {
             Some(d) => {
@@ -586,7 +565,7 @@ fn live(name: &str, f: &Facts, file_name: &str, home: Option<(u64, Option<u64>)>
             let _ = write!(out, "<D:getcontentlength>{}</D:getcontentlength>", f.len);
         }
         "getcontenttype" => {
-            let t = if f.dir { "httpd/unix-directory" } else { mime.get(file_name) };
+            let t = if f.dir { "httpd/unix-directory" } else { crate::mime::of_name(file_name) };
             let _ = write!(out, "<D:getcontenttype>{t}</D:getcontenttype>");
         }
         "getetag" => match f.modified {

@@ -244,7 +244,7 @@ fn file_response(disk: &Path, name: &str, download: bool, head: bool, sendfile: 
     let body = if head { Body::empty() } else { Body::stream(servente_core::file_body::FileBody::new(file, 0, len).unread_if(sendfile)) };
     let mut r = Response::new(body);
     let h = r.headers_mut();
-    let mime = mime_for(name);
+    let mime = crate::mime::of_name(name);
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::CONTENT_DISPOSITION, disposition(if download { "attachment" } else { "inline" }, name));
@@ -252,10 +252,6 @@ fn file_response(disk: &Path, name: &str, download: bool, head: bool, sendfile: 
     // A shared HTML file must not run scripts in this server's origin.
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(crate::FILE_CSP));
     r
-}
-
-fn mime_for(name: &str) -> &'static str {
-    name.rsplit_once('.').and_then(|(_, ext)| mime_guess::from_ext(ext).first_raw()).unwrap_or("application/octet-stream")
 }
 
 /// A zip of a folder (or of one file), streamed as it is built.
