@@ -143,6 +143,26 @@ pub struct Directory {
     /// after the check. A store that cannot tell when it changed gets [`RECENT_BLIND`]. Every
     /// change this directory makes also empties it.
     recent: dashmap::DashMap<[u8; 32], Recent>,
+    /// Sign-ins being checked in the store, by the same key as `recent`: requests that bring
+    /// the same credentials while they are checked wait for that check (see
+    /// [`Directory::check_turn`]) instead of each hashing the password.
+    checking: dashmap::DashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// The right to check one set of credentials in the store, held while it is checked; see
+/// [`Directory::check_turn`].
+pub struct CheckTurn<'a> {
+    dir: &'a Directory,
+    key: [u8; 32],
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for CheckTurn<'_> {
+    fn drop(&mut self) {
+        // Gone from the map once no one else holds or awaits it (the map's reference and this
+        // turn's own are the two left).
+        self.dir.checking.remove_if(&self.key, |_, m| Arc::strong_count(m) <= 2);
+    }
 }
 
 /// A sign-in kept by [`Directory::remember`].
@@ -211,6 +231,7 @@ impl Directory {
             settings,
             basic_cache: dashmap::DashMap::new(),
             recent: dashmap::DashMap::new(),
+            checking: dashmap::DashMap::new(),
         }
     }
 
@@ -567,6 +588,22 @@ impl Directory {
         Some(who)
     }
 
+    /// Waits until no other request is checking the same credentials, and holds that right
+    /// until the turn is dropped. A client that opens its connections together (rclone's
+    /// transfers, a browser's parallel requests) sends the same credentials on all of them at
+    /// once; each used to hash the password on the blocking pool, so that on 2 cores eight of
+    /// them made the first answers wait about 250 ms. Now one checks, and the others find its
+    /// sign-in in memory ([`Directory::recent`]). `None` for credentials that have no key.
+    pub async fn check_turn(&self, creds: &web::Credentials) -> Option<CheckTurn<'_>> {
+        let key = recent_key(creds)?;
+        if self.checking.len() >= 10_000 {
+            // Turns abandoned by cancelled requests can leave idle entries behind.
+            self.checking.retain(|_, m| Arc::strong_count(m) > 1);
+        }
+        let lock = self.checking.entry(key).or_default().clone();
+        Some(CheckTurn { dir: self, key, _held: lock.lock_owned().await })
+    }
+
     /// The store's change stamp, read before a sign-in is checked and handed to
     /// [`Directory::remember`] after, so that a change made in between is not missed.
     pub fn change_stamp(&self) -> Option<u64> {
@@ -814,6 +851,45 @@ mod tests {
         assert!(d.recent(&web::Credentials::Cookie(cookie.clone())).is_some());
         d.end_session(&cookie, &a).expect("sign out");
         assert!(sign_in(web::Credentials::Cookie(cookie)).is_err(), "a session ended is refused at once");
+    }
+
+    /// Eight requests with the same new credentials at once hash the password once: the others
+    /// wait for that check and are let in from memory. Wrong credentials at once are each
+    /// refused, and no turn is left behind.
+    #[test]
+    fn the_same_credentials_at_once_are_checked_once() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
+        let d = Arc::new(dir());
+        let a = Actor::cli();
+        d.add_user(&a, NewUser { name: "joe".into(), password: Some("joe-password".into()), ..Default::default() }).expect("user");
+        let logins = || d.store().audit_recent(100).expect("audit").iter().filter(|e| e.action == "login").count();
+        let at_once = |password: &'static str| {
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..8)
+                    .map(|_| {
+                        let d = d.clone();
+                        tokio::spawn(async move {
+                            let creds = web::Credentials::Basic { user: "joe".into(), password: password.into() };
+                            web::authenticate(&d, creds, &local(), false).await.map(|w| w.map(|w| w.principal.user))
+                        })
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                for t in tasks {
+                    out.push(t.await.expect("task"));
+                }
+                out
+            })
+        };
+        let before = logins();
+        for r in at_once("joe-password") {
+            assert_eq!(r.expect("signed in").as_deref(), Some("joe"));
+        }
+        assert_eq!(logins() - before, 1, "one password check for eight requests");
+        for r in at_once("not-joes-password") {
+            assert!(r.is_err(), "each wrong attempt is refused");
+        }
+        assert!(d.checking.is_empty(), "no turn left behind");
     }
 
     #[test]

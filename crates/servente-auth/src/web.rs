@@ -102,6 +102,13 @@ pub async fn authenticate(
     if let Some(who) = dir.recent(&creds) {
         return Ok(Some(who));
     }
+    // The same credentials being checked for another request: that check's result, once done.
+    let turn = dir.check_turn(&creds).await;
+    if turn.is_some()
+        && let Some(who) = dir.recent(&creds)
+    {
+        return Ok(Some(who));
+    }
     let dir = dir.clone();
     let client = client.clone();
     let run = move || {
@@ -136,9 +143,11 @@ pub async fn authenticate(
         dir.remember(&creds, &who, keep);
         Ok(Some(who))
     };
-    tokio::task::spawn_blocking(run)
+    let checked = tokio::task::spawn_blocking(run)
         .await
-        .unwrap_or_else(|e| Err(AuthError::Store(crate::StoreError::Backend(format!("the sign-in check failed: {e}")))))
+        .unwrap_or_else(|e| Err(AuthError::Store(crate::StoreError::Backend(format!("the sign-in check failed: {e}")))));
+    drop(turn);
+    checked
 }
 
 /// Why a request to a protected resource is not let in, in HTTP terms.
