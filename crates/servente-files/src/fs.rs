@@ -264,7 +264,8 @@ impl Storage {
     /// WebDAV cannot make symbolic links, but one placed on disk by hand could lead out of the
     /// area (dav-server's local filesystem follows links): every existing component of the
     /// path below the area must be a real file or folder (the last one only with `leaf`).
-    /// Listings hide links.
+    /// Listings hide links. Other special files placed by hand are refused as well: opening a
+    /// FIFO would hold a blocking-pool thread until something writes to it.
     fn refuse_links(&self, rel: &[u8], leaf: bool) -> FsResult<()> {
         let mut p = self.root.clone();
         let mut segs = rel.split(|&b| b == b'/').filter(|s| !s.is_empty()).enumerate().peekable();
@@ -277,7 +278,7 @@ impl Storage {
                 break;
             }
             match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.file_type().is_symlink() => return Err(FsError::Forbidden),
+                Ok(m) if !(m.is_file() || m.is_dir()) => return Err(FsError::Forbidden),
                 Ok(_) => {}
                 Err(_) => break,
             }

@@ -894,7 +894,8 @@ fn concurrent_puts_share_the_quota() {
 
 /// Links placed on disk by hand lead nowhere over WebDAV: not as the file asked for (a GET
 /// opens it refusing links), not as a folder on the way, and not for a Range request, which
-/// takes dav-server's path. The real file beside them downloads.
+/// takes dav-server's path. A FIFO placed by hand is refused at once too (opening it would
+/// wait for a writer). The real file beside them downloads.
 #[test]
 fn links_placed_by_hand_are_refused_on_download() {
     let dav = Dav::start("");
@@ -905,11 +906,15 @@ fn links_placed_by_hand_are_refused_on_download() {
     std::os::unix::fs::symlink(home.join("d/real.txt"), home.join("inside")).expect("symlink");
     std::os::unix::fs::symlink("/etc", home.join("etc")).expect("symlink");
     std::os::unix::fs::symlink(home.join("d"), home.join("dlink")).expect("symlink");
+    let made = Command::new("mkfifo").arg(home.join("fifo")).status().expect("mkfifo");
+    assert!(made.success());
     let r = dav.get(ALICE, "/users/alice/d/real.txt");
     expect(&r, 200, "the real file");
     assert_eq!(r.body, b"real bytes");
-    for path in ["/users/alice/outside", "/users/alice/inside", "/users/alice/etc/hostname", "/users/alice/dlink/real.txt"] {
-        for args in [&[][..], &["-H", "Range: bytes=0-3"][..]] {
+    for path in
+        ["/users/alice/outside", "/users/alice/inside", "/users/alice/etc/hostname", "/users/alice/dlink/real.txt", "/users/alice/fifo"]
+    {
+        for args in [&["-m", "20"][..], &["-m", "20", "-H", "Range: bytes=0-3"][..]] {
             let r = dav.call(ALICE, "GET", path, args);
             expect(&r, 403, &format!("GET {path} {args:?}"));
             assert!(!String::from_utf8_lossy(&r.body).contains("real bytes"), "{path}: {}", r.text());
