@@ -143,11 +143,10 @@ pub async fn authenticate(
         dir.remember(&creds, &who, keep);
         Ok(Some(who))
     };
-    let checked = tokio::task::spawn_blocking(run)
+    // `turn` is held until the check's result is remembered, and released on return.
+    tokio::task::spawn_blocking(run)
         .await
-        .unwrap_or_else(|e| Err(AuthError::Store(crate::StoreError::Backend(format!("the sign-in check failed: {e}")))));
-    drop(turn);
-    checked
+        .unwrap_or_else(|e| Err(AuthError::Store(crate::StoreError::Backend(format!("the sign-in check failed: {e}")))))
 }
 
 /// Why a request to a protected resource is not let in, in HTTP terms.

@@ -37,8 +37,11 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
     if depth == 0 {
         return None;
     }
-    // A link as the last component fails here (ELOOP); dav-server's path then refuses it.
-    let file = open_no_follow(&st.disk_path(dav)).ok()?;
+    // A link as the last component fails here (ELOOP), and a FIFO placed by hand opens without
+    // waiting for a writer (a regular file ignores O_NONBLOCK): dav-server's path refuses both.
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = std::fs::File::from(rustix::fs::open(st.disk_path(dav), flags, Mode::empty()).ok()?);
     let meta = StdMeta(file.metadata().ok()?);
     if !meta.0.is_file() {
         return None;
@@ -63,15 +66,6 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
     }
     *r.status_mut() = StatusCode::OK;
     Some(r)
-}
-
-/// Opens `path` for reading, refusing a link as its last component (ELOOP), and without
-/// waiting for a writer if it is a FIFO placed there by hand (a regular file ignores
-/// O_NONBLOCK).
-fn open_no_follow(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-    std::fs::OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(path)
 }
 
 #[cfg(test)]

@@ -256,7 +256,7 @@ impl Storage {
         }
         self.ensure_area(kind, name)?;
         if depth > 0 {
-            self.refuse_links(raw, leaf)?;
+            self.refuse_special_files(raw, leaf)?;
         }
         Ok(Node::Area { kind, name: name.to_string(), write, depth })
     }
@@ -266,7 +266,7 @@ impl Storage {
     /// path below the area must be a real file or folder (the last one only with `leaf`).
     /// Listings hide links. Other special files placed by hand are refused as well: opening a
     /// FIFO would hold a blocking-pool thread until something writes to it.
-    fn refuse_links(&self, rel: &[u8], leaf: bool) -> FsResult<()> {
+    fn refuse_special_files(&self, rel: &[u8], leaf: bool) -> FsResult<()> {
         let mut p = self.root.clone();
         let mut segs = rel.split(|&b| b == b'/').filter(|s| !s.is_empty()).enumerate().peekable();
         while let Some((i, seg)) = segs.next() {

@@ -68,5 +68,6 @@ mod tests {
         }
         assert!(SEEN.with(|s| s.borrow().len()) <= KEPT);
         assert_eq!(of_name("g.x9999"), UNKNOWN, "looked up, not remembered");
+        assert!(SEEN.with(|s| s.borrow().len()) <= KEPT, "a lookup past the bound is not kept");
     }
 }
