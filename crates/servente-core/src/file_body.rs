@@ -32,7 +32,7 @@ use http_body::{Frame, SizeHint};
 use rustix::io::{Errno, ReadWriteFlags, preadv2};
 use tokio::task::JoinHandle;
 
-use crate::sendfile::Mirror;
+use crate::sendfile::{FileId, Mirror};
 
 /// Largest chunk read (and handed to the socket) at once.
 pub const CHUNK: u64 = 256 << 10;
@@ -96,6 +96,8 @@ pub struct FileBody {
     nowait: bool,
     /// Cached regions of at least `MIN_SLICE` go out unread (see [`FileBody::unread_if`]).
     unread: bool,
+    /// What the file's content is known by, if its opener looked (see [`FileBody::known_as`]).
+    id: Option<FileId>,
 }
 
 impl FileBody {
@@ -105,7 +107,14 @@ impl FileBody {
 
     /// A region of a file that other bodies read too (the parts of a multipart answer).
     pub fn shared(file: Arc<File>, start: u64, len: u64) -> Self {
-        FileBody { file, pos: start, end: start.saturating_add(len), pending: None, nowait: true, unread: false }
+        FileBody { file, pos: start, end: start.saturating_add(len), pending: None, nowait: true, unread: false, id: None }
+    }
+
+    /// The file's [`FileId`], from the metadata its opener read anyway: a region of it found
+    /// in the page cache is then not probed again for a while (see [`crate::sendfile::unread`]).
+    pub fn known_as(mut self, id: FileId) -> Self {
+        self.id = Some(id);
+        self
     }
 
     /// With `yes` (the request's [`crate::RequestCx::sendfile`]), regions already in the page
@@ -173,7 +182,7 @@ impl http_body::Body for FileBody {
         // sending it from the file would cost more system calls than its copy.
         if this.unread
             && this.end - this.pos >= crate::sendfile::MIN_SLICE as u64
-            && let Some(b) = crate::sendfile::unread(&this.file, this.pos, this.end - this.pos)
+            && let Some(b) = crate::sendfile::unread(&this.file, this.pos, this.end - this.pos, this.id.as_ref())
         {
             return this.frame(Ok(b));
         }

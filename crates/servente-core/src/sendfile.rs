@@ -125,11 +125,12 @@ pub fn is_unread(mem: &[u8]) -> bool {
 
 /// Bytes that stand for up to `len` bytes of `file` from `offset` (at most [`UNREAD_SLOT`])
 /// without reading them, for a connection whose stream sends them from the file itself. Only
-/// when those bytes are in the page cache (see [`cached`]), so that `sendfile` does not wait
-/// for the disk on the connection's thread; `None` otherwise, and the caller reads them.
-pub fn unread(file: &Arc<File>, offset: u64, len: u64) -> Option<Bytes> {
+/// when those bytes are in the page cache (see [`cached`], and [`Probed`] for a file known by
+/// `id`), so that `sendfile` does not wait for the disk on the connection's thread; `None`
+/// otherwise, and the caller reads them.
+pub fn unread(file: &Arc<File>, offset: u64, len: u64, id: Option<&FileId>) -> Option<Bytes> {
     let len = len.min(UNREAD_SLOT as u64) as usize;
-    if len == 0 || !cached(file, offset, len as u64) {
+    if len == 0 || !Probed::cached(file, id, offset, len as u64) {
         return None;
     }
     let area = unread_area()?;
@@ -183,6 +184,65 @@ fn cached(file: &File, offset: u64, len: u64) -> bool {
             return true;
         }
         at += PROBE_EVERY;
+    }
+}
+
+/// What a file's content is known by without reading it: its identity, size and modification
+/// time, from the `statx` its opener made. A file written in place or replaced gets another.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+impl FileId {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileId { dev: meta.dev(), ino: meta.ino(), size: meta.size(), mtime: (meta.mtime(), meta.mtime_nsec()) }
+    }
+}
+
+/// How long a region found in the page cache is taken to stay there without probing again.
+/// The same file downloaded again and again (a popular file, the benchmark) pays the five
+/// probes of a 1 MiB region once per this, not per request. A region evicted meanwhile (memory
+/// pressure within a second of being read whole) only makes one `sendfile` wait for the disk,
+/// as nginx's always may; the bytes sent are right either way.
+const PROBED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Slots of each worker thread's memo of regions found cached, chosen by a hash of the region.
+const PROBED_SLOTS: usize = 1 << 6;
+
+/// Each thread's memo of regions [`cached`] found in the page cache, by file and region, when.
+/// Per thread, so it takes no lock: each worker probes a file once per [`PROBED_FOR`].
+struct Probed;
+
+type ProbedSlot = Option<(FileId, u64, u64, std::time::Instant)>;
+
+thread_local! {
+    static PROBED: std::cell::RefCell<[ProbedSlot; PROBED_SLOTS]> = const { std::cell::RefCell::new([None; PROBED_SLOTS]) };
+}
+
+impl Probed {
+    /// [`cached`], skipped for a region of the file `id` found cached less than [`PROBED_FOR`] ago.
+    fn cached(file: &File, id: Option<&FileId>, offset: u64, len: u64) -> bool {
+        let Some(id) = id else { return cached(file, offset, len) };
+        // A multiplicative hash's top bits: spreads inode numbers that differ in low bits.
+        let slot = ((id.ino ^ offset ^ len.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> (u64::BITS - PROBED_SLOTS.trailing_zeros())) as usize;
+        let now = std::time::Instant::now();
+        let seen = PROBED.with_borrow(|memo| {
+            memo[slot].is_some_and(|(i, o, l, at)| i == *id && o == offset && l == len && now.duration_since(at) < PROBED_FOR)
+        });
+        if seen {
+            return true;
+        }
+        let found = cached(file, offset, len);
+        if found {
+            PROBED.with_borrow_mut(|memo| memo[slot] = Some((*id, offset, len, now)));
+        }
+        found
     }
 }
 
@@ -367,7 +427,7 @@ mod tests {
         f.flush().expect("flush");
         let file = Arc::new(File::open(f.path()).expect("open"));
         // Just written, so in the page cache.
-        let b = unread(&file, 100, (UNREAD_SLOT + 5000) as u64).expect("cached bytes are left unread");
+        let b = unread(&file, 100, (UNREAD_SLOT + 5000) as u64, None).expect("cached bytes are left unread");
         assert_eq!(b.len(), UNREAD_SLOT, "at most one slot");
         assert!(is_unread(&b) && b.iter().take(4096).all(|&x| x == 0), "zeros from the reserved range");
         // Any piece of it, however small, is sent from the file, even by a stream without sendfile.
@@ -378,8 +438,30 @@ mod tests {
         // Dropped, its registration goes with it (the slot itself may already serve another
         // test running in parallel, so only the new one is checked).
         drop((b, piece));
-        let again = unread(&file, 0, 10).expect("a slot again");
+        let again = unread(&file, 0, 10, None).expect("a slot again");
         assert!(matches!(mirror_of(&again), Some((_, 0, true))));
         assert!(!is_unread(&[0u8; 10]), "ordinary memory is not unread");
+    }
+
+    #[test]
+    fn a_region_found_cached_is_not_probed_again_for_the_same_content() {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(&vec![3u8; 300 << 10]).expect("write");
+        f.flush().expect("flush");
+        let file = File::open(f.path()).expect("open");
+        let id = FileId::of(&file.metadata().expect("metadata"));
+        let len = 300 << 10;
+        assert!(Probed::cached(&file, Some(&id), 0, len), "just written, so cached");
+        // Cut short behind the opener's back: the probe past the end now fails...
+        f.as_file().set_len(10).expect("truncate");
+        assert!(!cached(&file, 0, len));
+        assert!(!Probed::cached(&file, None, 0, len), "a file without an id is always probed");
+        // ...but the region of the content known by `id` was found cached a moment ago.
+        assert!(Probed::cached(&file, Some(&id), 0, len));
+        // The metadata of the file as it is now names other content, which is probed.
+        let now = FileId::of(&file.metadata().expect("metadata"));
+        assert_ne!(now, id);
+        assert!(!Probed::cached(&file, Some(&now), 0, len));
+        assert!(!Probed::cached(&file, Some(&id), 4096, len - 4096), "another region of it is probed");
     }
 }

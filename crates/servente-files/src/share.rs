@@ -238,10 +238,16 @@ fn disposition(kind: &str, name: &str) -> HeaderValue {
 }
 
 fn file_response(disk: &Path, name: &str, download: bool, head: bool, sendfile: bool) -> Response<Body> {
-    let Some((file, len)) = std::fs::File::open(disk).ok().and_then(|f| f.metadata().ok().map(|m| (f, m.len()))) else {
+    let Some((file, meta)) = std::fs::File::open(disk).ok().and_then(|f| f.metadata().ok().map(|m| (f, m))) else {
         return page(StatusCode::NOT_FOUND, "Not found", "<p>The file is gone.</p>");
     };
-    let body = if head { Body::empty() } else { Body::stream(servente_core::file_body::FileBody::new(file, 0, len).unread_if(sendfile)) };
+    let len = meta.len();
+    let body = if head {
+        Body::empty()
+    } else {
+        let id = servente_core::sendfile::FileId::of(&meta);
+        Body::stream(servente_core::file_body::FileBody::new(file, 0, len).known_as(id).unread_if(sendfile))
+    };
     let mut r = Response::new(body);
     let h = r.headers_mut();
     let mime = crate::mime::of_name(name);
