@@ -481,10 +481,24 @@ impl GuardedFileSystem<Caller> for ServenteFs {
                 Node::Area { .. } => {
                     let inner = GuardedFileSystem::<()>::read_dir(self.local.as_ref(), path, meta, &()).await?;
                     let used = node.quota_user().map(|u| self.st.used(u));
-                    return Ok(
-                        Box::pin(inner.map(move |e| e.map(|e| Box::new(Entry { inner: e, home_used: used }) as Box<dyn DavDirEntry>)))
-                            as FsStream<Box<dyn DavDirEntry>>,
-                    );
+                    // FIFOs, sockets and devices placed by hand are left out, as in servente's
+                    // own listing; links stay for dav-server, which hides them.
+                    let served = inner.filter_map(|e| async move {
+                        match e {
+                            // An entry that cannot be looked at is left to dav-server.
+                            Ok(e)
+                                if !(e.is_file().await.unwrap_or(true)
+                                    || e.is_dir().await.unwrap_or(true)
+                                    || e.is_symlink().await.unwrap_or(true)) =>
+                            {
+                                None
+                            }
+                            other => Some(other),
+                        }
+                    });
+                    return Ok(Box::pin(
+                        served.map(move |e| e.map(|e| Box::new(Entry { inner: e, home_used: used }) as Box<dyn DavDirEntry>)),
+                    ) as FsStream<Box<dyn DavDirEntry>>);
                 }
             };
             let kind_list = matches!(node, Node::List(Kind::Users));

@@ -379,7 +379,9 @@ impl Listing {
         for name in batch.names() {
             // The entry may be gone by now (deleted since the folder was read): left out.
             let Ok(stx) = rustix::fs::statx(folder, name, AtFlags::SYMLINK_NOFOLLOW, mask) else { continue };
-            if FileType::from_raw_mode(stx.stx_mode.into()) == FileType::Symlink {
+            // Links, FIFOs, sockets and devices placed by hand are not served (see
+            // `Storage::refuse_special_files`), so they are not listed either.
+            if !matches!(FileType::from_raw_mode(stx.stx_mode.into()), FileType::RegularFile | FileType::Directory) {
                 continue;
             }
             let facts = Facts::of_statx(&stx);

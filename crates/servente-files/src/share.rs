@@ -71,7 +71,8 @@ pub async fn handle(role: &FilesRole, mount: &str, link: &str, req: Request<Requ
         return page(StatusCode::NOT_FOUND, "Not found", "<p>There is no such file in this share.</p>");
     };
     let meta = match std::fs::symlink_metadata(&disk) {
-        Ok(m) if !m.file_type().is_symlink() => m,
+        // Not a link, FIFO, socket or device placed by hand in the shared folder.
+        Ok(m) if m.is_file() || m.is_dir() => m,
         _ => return page(StatusCode::NOT_FOUND, "Not found", "<p>There is no such file in this share.</p>"),
     };
     let name = shown.rsplit('/').find(|s| !s.is_empty()).unwrap_or("download").to_string();
@@ -188,7 +189,7 @@ async fn listing(dir: &Path, name: &str) -> Response<Body> {
                 rd.flatten()
                     .filter_map(|e| {
                         let m = e.metadata().ok()?;
-                        if m.file_type().is_symlink() {
+                        if !(m.is_file() || m.is_dir()) {
                             return None;
                         }
                         Some((e.file_name().to_string_lossy().into_owned(), m.is_dir(), m.len()))
@@ -238,7 +239,12 @@ fn disposition(kind: &str, name: &str) -> HeaderValue {
 }
 
 fn file_response(disk: &Path, name: &str, download: bool, head: bool, sendfile: bool) -> Response<Body> {
-    let Some((file, meta)) = std::fs::File::open(disk).ok().and_then(|f| f.metadata().ok().map(|m| (f, m))) else {
+    // Opened as downloads are: a link put there since it was looked at fails (ELOOP), and a
+    // FIFO does not hold this thread waiting for a writer; it is then refused as not a file.
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let opened = rustix::fs::open(disk, flags, Mode::empty()).ok().map(std::fs::File::from);
+    let Some((file, meta)) = opened.and_then(|f| f.metadata().ok().filter(|m| m.is_file()).map(|m| (f, m))) else {
         return page(StatusCode::NOT_FOUND, "Not found", "<p>The file is gone.</p>");
     };
     let len = meta.len();

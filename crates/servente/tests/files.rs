@@ -922,6 +922,43 @@ fn links_placed_by_hand_are_refused_on_download() {
     }
 }
 
+/// FIFOs and links placed on disk by hand are not served, so they are not listed either: not by
+/// servente's own PROPFIND (Depth 1), not by dav-server's (Depth infinity), not on a share link's
+/// page. A share link that names the FIFO answers 404 at once; opening it used to wait for a
+/// writer on the connection's thread, stalling every connection of that worker.
+#[test]
+fn special_files_placed_by_hand_are_neither_listed_nor_shared() {
+    let dav = Dav::start("propfind_infinity = true");
+    dav.mkcol_ok(ALICE, "/users/alice/pub/");
+    dav.put_ok(ALICE, "/users/alice/pub/a.txt", b"file a\n");
+    let pub_dir = dav.disk("users/alice/pub");
+    let made = Command::new("mkfifo").arg(pub_dir.join("fifo")).status().expect("mkfifo");
+    assert!(made.success());
+    std::os::unix::fs::symlink("/etc/hostname", pub_dir.join("link")).expect("symlink");
+    for (path, depth) in [("/users/alice/pub/", "1"), ("/users/alice/", "infinity")] {
+        let r = dav.propfind(ALICE, path, depth, None);
+        expect(&r, 207, &format!("PROPFIND Depth {depth} of {path}"));
+        let h = hrefs(&r.text());
+        assert!(h.contains(&"/files/dav/users/alice/pub/a.txt".to_string()), "{h:?}");
+        assert!(!h.iter().any(|h| h.ends_with("/fifo") || h.ends_with("/link")), "Depth {depth}: {h:?}");
+    }
+    let alice = format!("{}:{}", ALICE.0, ALICE.1);
+    let b = json!({"path": "/users/alice/pub"}).to_string();
+    let (r, v) = api(&["-u", &alice, "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", &b], &dav.mount("api/shares"));
+    expect(&r, 201, "a share of the folder");
+    let url = format!("{}{}", dav.origin, v["url"].as_str().expect("url"));
+    let r = curl(&["-m", "10", &format!("{url}/")]);
+    expect(&r, 200, "the shared folder's page");
+    assert!(r.text().contains("a.txt") && !r.text().contains("fifo") && !r.text().contains(">link"), "{}", r.text());
+    for name in ["fifo", "link"] {
+        let r = curl(&["-m", "10", &format!("{url}/{name}")]);
+        expect(&r, 404, &format!("the share's {name}"));
+    }
+    // The worker is not stuck: the real file still downloads, over the link and over WebDAV.
+    assert_eq!(curl(&["-m", "10", &format!("{url}/a.txt")]).text(), "file a\n");
+    assert_eq!(dav.get(ALICE, "/users/alice/pub/a.txt").body, b"file a\n");
+}
+
 /// A folder larger than one piece of servente's own PROPFIND answer (256 entries) is read and
 /// statted in pieces, several at once, and streamed in order. Every entry must come exactly once,
 /// in well-formed XML, with its own length and dead property, links left out; also when the
