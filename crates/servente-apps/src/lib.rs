@@ -3,7 +3,8 @@
 //! - [`upstream`]: groups of servers, load balancing, passive and active health;
 //! - [`pool`]: connections to servers (TCP, Unix sockets; HTTP/1.1 or HTTP/2) kept alive per
 //!   worker thread;
-//! - [`proxy`]: forwarding a request and streaming the answer back, upgrades as tunnels;
+//! - [`proxy`]: forwarding a request and streaming the answer back, upgrades as tunnels
+//!   ([`tunnel`], closed when quiet);
 //! - [`supervisor`]: app processes (start, readiness, restart with backoff, rolling restart,
 //!   stop);
 //! - [`registry`]: upstreams and apps kept across config reloads;
@@ -16,4 +17,5 @@ pub mod proxy;
 pub mod read_timeout;
 pub mod registry;
 pub mod supervisor;
+pub mod tunnel;
 pub mod upstream;

@@ -510,13 +510,13 @@ impl ProxyRoute {
                 return bad_gateway(StatusCode::BAD_GATEWAY, "bad gateway: the upstream switched protocols unasked\n");
             };
             let upstream_upgrade = hyper::upgrade::on(Response::from_parts(parts.clone(), body));
+            let idle = self.upstream.settings.response_timeout.0;
             tokio::spawn(async move {
                 let _flight = flight;
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((c, u)) => {
-                        let mut c = hyper_util::rt::TokioIo::new(c);
-                        let mut u = hyper_util::rt::TokioIo::new(u);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        let (c, u) = (hyper_util::rt::TokioIo::new(c), hyper_util::rt::TokioIo::new(u));
+                        if let Err(e) = crate::tunnel::run(c, u, idle).await {
                             tracing::debug!("upgraded connection ended: {e}");
                         }
                     }

@@ -66,7 +66,7 @@ impl UpstreamSettings {
             response_timeout: t.field(
                 "response_timeout",
                 Seconds(Duration::from_secs(60)),
-                "Longest wait for a server's response head after the request was sent (then 504; counted from the request body's last piece, so a slow upload is not cut while the server takes it, nor while the client is the one not sending: `limits.body_read_timeout` covers that), and for each next piece of its body (then the transfer is cut, as nginx's proxy_read_timeout).",
+                "Longest wait for a server's response head after the request was sent (then 504; counted from the request body's last piece, so a slow upload is not cut while the server takes it, nor while the client is the one not sending: `limits.body_read_timeout` covers that), and for each next piece of its body (then the transfer is cut, as nginx's proxy_read_timeout). An upgraded connection (WebSocket) is closed when no byte passed either way for this long.",
             ),
             idle_timeout: t.field("idle_timeout", Seconds(Duration::from_secs(60)), "Idle pooled connections are closed after this long."),
             max_idle: t.field("max_idle", 64, "Idle keep-alive connections kept per server and worker thread."),

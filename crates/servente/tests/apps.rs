@@ -1257,6 +1257,46 @@ fn ws_read(r: &mut impl Read) -> std::io::Result<(u8, Vec<u8>)> {
     Ok((head[0] & 0x0f, payload))
 }
 
+/// A tunnel in which no byte passes either way for the upstream's `response_timeout` is closed
+/// (as nginx's proxy_read_timeout closes a quiet WebSocket); one in use is not.
+#[test]
+fn a_quiet_websocket_is_closed_after_the_upstreams_response_timeout() {
+    let ws = Helper::upstream("ws");
+    let toml = config(
+        "",
+        &format!(
+            "[[upstream]]\nname = \"ws\"\nservers = [\"{}\"]\nresponse_timeout = \"1500ms\"\n\n[[site]]\nname = \"main\"\n\n[[site.proxy]]\npath = \"/chat/\"\nupstream = \"ws\"\nstrip_prefix = \"/chat\"\n",
+            ws.addr
+        ),
+    );
+    let server = Fixture::new().start(&toml);
+    let mut s: TcpStream = connect(&server.addr("web"));
+    write!(
+        s,
+        "GET /chat/ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .expect("send handshake");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let resp = read_response(&mut r, false).expect("handshake response");
+    assert_eq!(resp.status, 101, "{resp:?}");
+    // In use for 3 s, twice the limit, a message every 0.5 s: open throughout.
+    for i in 0..6 {
+        std::thread::sleep(Duration::from_millis(500));
+        let m = format!("message {i}");
+        s.write_all(&ws_frame(1, m.as_bytes())).expect("send frame");
+        let (_, payload) = ws_read(&mut r).unwrap_or_else(|e| panic!("message {i} not echoed: {e}"));
+        assert_eq!(payload, m.as_bytes());
+    }
+    // Then quiet: closed after about 1.5 s.
+    let quiet = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    let mut rest = Vec::new();
+    let end = r.read_to_end(&mut rest);
+    let waited = quiet.elapsed();
+    assert!(end.is_ok() && rest.is_empty(), "the tunnel ended with {end:?} and {} more bytes", rest.len());
+    assert!(waited >= Duration::from_millis(1200) && waited < Duration::from_secs(5), "closed after {waited:?} of quiet");
+}
+
 #[test]
 fn websocket_is_tunnelled_past_the_idle_timeout() {
     let ws = Helper::upstream("ws");
