@@ -481,15 +481,15 @@ impl GuardedFileSystem<Caller> for ServenteFs {
                 Node::Area { .. } => {
                     let inner = GuardedFileSystem::<()>::read_dir(self.local.as_ref(), path, meta, &()).await?;
                     let used = node.quota_user().map(|u| self.st.used(u));
-                    // FIFOs, sockets and devices placed by hand are left out, as in servente's
-                    // own listing; links stay for dav-server, which hides them.
+                    // Links, FIFOs, sockets and devices placed by hand are left out, as in
+                    // servente's own listing: not listed, copied or moved one by one (a DELETE
+                    // of their folder removes them, see `remove_unlisted`).
                     let served = inner.filter_map(|e| async move {
                         match e {
                             // An entry that cannot be looked at is left to dav-server.
                             Ok(e)
-                                if !(e.is_file().await.unwrap_or(true)
-                                    || e.is_dir().await.unwrap_or(true)
-                                    || e.is_symlink().await.unwrap_or(true)) =>
+                                if e.is_symlink().await.unwrap_or(false)
+                                    || !(e.is_file().await.unwrap_or(true) || e.is_dir().await.unwrap_or(true)) =>
                             {
                                 None
                             }
@@ -554,6 +554,8 @@ impl GuardedFileSystem<Caller> for ServenteFs {
     fn remove_dir<'a>(&'a self, path: &'a DavPath, c: &'a Caller) -> FsFuture<'a, ()> {
         async move {
             self.area(path, c, true, 1)?;
+            let disk = self.st.disk_path(path);
+            blocking(move || remove_unlisted(&disk).map_err(io_err)).await?;
             GuardedFileSystem::<()>::remove_dir(self.local.as_ref(), path, &()).await?;
             let st = self.st.clone();
             let k = key(path);
@@ -734,6 +736,28 @@ impl GuardedFileSystem<Caller> for ServenteFs {
 fn log_db(e: String) -> FsError {
     tracing::error!("{e}");
     FsError::GeneralFailure
+}
+
+/// Removes what WebDAV never shows from a folder that is being deleted: links, FIFOs, sockets
+/// and devices placed there by hand (listings leave them out, so dav-server's delete does not
+/// see them, and the folder would stay, not empty). Unlinking a link leaves what it points to.
+fn remove_unlisted(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        let t = e.file_type()?;
+        if !(t.is_file() || t.is_dir()) {
+            match std::fs::remove_file(e.path()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 fn tree_size_or_file(p: &Path) -> u64 {

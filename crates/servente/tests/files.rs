@@ -925,7 +925,8 @@ fn links_placed_by_hand_are_refused_on_download() {
 /// FIFOs and links placed on disk by hand are not served, so they are not listed either: not by
 /// servente's own PROPFIND (Depth 1), not by dav-server's (Depth infinity), not on a share link's
 /// page. A share link that names the FIFO answers 404 at once; opening it used to wait for a
-/// writer on the connection's thread, stalling every connection of that worker.
+/// writer on the connection's thread, stalling every connection of that worker. COPY of their
+/// folder leaves them out, and DELETE of it removes them with it (it used to fail).
 #[test]
 fn special_files_placed_by_hand_are_neither_listed_nor_shared() {
     let dav = Dav::start("propfind_infinity = true");
@@ -957,6 +958,13 @@ fn special_files_placed_by_hand_are_neither_listed_nor_shared() {
     // The worker is not stuck: the real file still downloads, over the link and over WebDAV.
     assert_eq!(curl(&["-m", "10", &format!("{url}/a.txt")]).text(), "file a\n");
     assert_eq!(dav.get(ALICE, "/users/alice/pub/a.txt").body, b"file a\n");
+    // A copy of the folder leaves them out; deleting it takes them along (the link's target stays).
+    expect(&dav.call(ALICE, "COPY", "/users/alice/pub/", &["-H", "Destination: /files/dav/users/alice/copy/"]), 201, "COPY");
+    let copied: Vec<_> = std::fs::read_dir(dav.disk("users/alice/copy")).expect("the copy").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(copied, ["a.txt"], "the copy holds the file only");
+    expect(&dav.call(ALICE, "DELETE", "/users/alice/pub/", &[]), 204, "DELETE of the folder");
+    assert!(!pub_dir.exists(), "the folder is gone, FIFO and link with it");
+    assert!(Path::new("/etc/hostname").exists());
 }
 
 /// A folder larger than one piece of servente's own PROPFIND answer (256 entries) is read and
