@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{BIN, Fixture, Resp, Server, WAIT, connect, curl, noise, read_response, refused_port, wait_until};
+use common::{BIN, Fixture, RawResp, Resp, Server, WAIT, connect, curl, noise, read_response, refused_port, wait_until};
 use serde_json::Value;
 
 /// The Python helpers.
@@ -1257,20 +1257,25 @@ fn ws_read(r: &mut impl Read) -> std::io::Result<(u8, Vec<u8>)> {
     Ok((head[0] & 0x0f, payload))
 }
 
-/// A tunnel in which no byte passes either way for the upstream's `response_timeout` is closed
-/// (as nginx's proxy_read_timeout closes a quiet WebSocket); one in use is not.
-#[test]
-fn a_quiet_websocket_is_closed_after_the_upstreams_response_timeout() {
+/// servente proxying `/chat/` to a WebSocket echo upstream; `limits` goes into the config's
+/// head, `upstream` into the upstream's table.
+fn websocket_proxy(limits: &str, upstream: &str) -> (Helper, Server) {
     let ws = Helper::upstream("ws");
     let toml = config(
-        "",
+        limits,
         &format!(
-            "[[upstream]]\nname = \"ws\"\nservers = [\"{}\"]\nresponse_timeout = \"1500ms\"\n\n[[site]]\nname = \"main\"\n\n[[site.proxy]]\npath = \"/chat/\"\nupstream = \"ws\"\nstrip_prefix = \"/chat\"\n",
+            "[[upstream]]\nname = \"ws\"\nservers = [\"{}\"]\n{upstream}\n[[site]]\nname = \"main\"\n\n[[site.proxy]]\npath = \"/chat/\"\nupstream = \"ws\"\nstrip_prefix = \"/chat\"\n",
             ws.addr
         ),
     );
     let server = Fixture::new().start(&toml);
-    let mut s: TcpStream = connect(&server.addr("web"));
+    (ws, server)
+}
+
+/// A WebSocket handshake on `/chat/ws` (RFC 6455's example key): the stream, a reader on it,
+/// and the answer's head.
+fn websocket_handshake(addr: &str) -> (TcpStream, BufReader<TcpStream>, RawResp) {
+    let mut s: TcpStream = connect(addr);
     write!(
         s,
         "GET /chat/ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -1278,6 +1283,15 @@ fn a_quiet_websocket_is_closed_after_the_upstreams_response_timeout() {
     .expect("send handshake");
     let mut r = BufReader::new(s.try_clone().expect("clone"));
     let resp = read_response(&mut r, false).expect("handshake response");
+    (s, r, resp)
+}
+
+/// A tunnel in which no byte passes either way for the upstream's `response_timeout` is closed
+/// (as nginx's proxy_read_timeout closes a quiet WebSocket); one in use is not.
+#[test]
+fn a_quiet_websocket_is_closed_after_the_upstreams_response_timeout() {
+    let (_ws, server) = websocket_proxy("", "response_timeout = \"1500ms\"\n");
+    let (mut s, mut r, resp) = websocket_handshake(&server.addr("web"));
     assert_eq!(resp.status, 101, "{resp:?}");
     // In use for 3 s, twice the limit, a message every 0.5 s: open throughout.
     for i in 0..6 {
@@ -1299,15 +1313,7 @@ fn a_quiet_websocket_is_closed_after_the_upstreams_response_timeout() {
 
 #[test]
 fn websocket_is_tunnelled_past_the_idle_timeout() {
-    let ws = Helper::upstream("ws");
-    let toml = config(
-        "[limits]\nidle_timeout = \"2s\"",
-        &format!(
-            "[[upstream]]\nname = \"ws\"\nservers = [\"{}\"]\n\n[[site]]\nname = \"main\"\n\n[[site.proxy]]\npath = \"/chat/\"\nupstream = \"ws\"\nstrip_prefix = \"/chat\"\n",
-            ws.addr
-        ),
-    );
-    let server = Fixture::new().start(&toml);
+    let (ws, server) = websocket_proxy("[limits]\nidle_timeout = \"2s\"", "");
     let addr = server.addr("web");
 
     // The limit bites: a kept-alive HTTP connection left idle is closed after about 2 s.
@@ -1329,14 +1335,7 @@ fn websocket_is_tunnelled_past_the_idle_timeout() {
     assert!(t.elapsed() >= Duration::from_millis(2400));
 
     // The handshake goes through (RFC 6455's example key and its answer).
-    let mut s: TcpStream = connect(&addr);
-    write!(
-        s,
-        "GET /chat/ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .expect("send handshake");
-    let mut r = BufReader::new(s.try_clone().expect("clone"));
-    let resp = read_response(&mut r, false).expect("handshake response");
+    let (mut s, mut r, resp) = websocket_handshake(&addr);
     assert_eq!(resp.status, 101, "{resp:?}");
     assert_eq!(resp.header("sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{resp:?}");
     assert!(resp.header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")), "{resp:?}");
