@@ -27,21 +27,27 @@ where
     let mut upstream = Watched { io: upstream, start, last: &last };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     tokio::pin!(copy);
-    let mut deadline = start + idle;
+    let mut deadline = later(start, idle);
     loop {
         tokio::select! {
             r = &mut copy => return r.map(|_| ()),
             _ = tokio::time::sleep_until(deadline) => {
                 // The timer is set once per `idle`, not per read: on waking, it moves to the
                 // last read's time plus `idle` unless that has passed.
-                let seen = start + Duration::from_millis(last.load(Relaxed));
-                if seen + idle <= Instant::now() {
+                let seen = later(start, Duration::from_millis(last.load(Relaxed)));
+                if later(seen, idle) <= Instant::now() {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no bytes either way for {idle:?}")));
                 }
-                deadline = seen + idle;
+                deadline = later(seen, idle);
             }
         }
     }
+}
+
+/// `t` plus `d`, or a year after `t` when that is past what an `Instant` holds (a limit of
+/// "1000000000h" in the config must not panic the tunnel's task).
+fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d).unwrap_or_else(|| t + Duration::from_secs(365 * 24 * 3600))
 }
 
 /// One side of the tunnel, noting when a read brought bytes.
@@ -105,5 +111,11 @@ mod tests {
         // Both sides see the end.
         assert_eq!(client.read(&mut buf).await.expect("client end"), 0);
         assert_eq!(upstream.read(&mut buf).await.expect("upstream end"), 0);
+    }
+
+    #[test]
+    fn a_limit_past_what_an_instant_holds_does_not_panic() {
+        let now = Instant::now();
+        assert!(later(now, Duration::MAX) > now);
     }
 }
