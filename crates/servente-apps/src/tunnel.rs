@@ -1,7 +1,8 @@
 //! The tunnel an upgraded connection (WebSocket) becomes: bytes copied both ways between the
-//! client and the upstream server until either side closes, or until none moved either way
-//! for the upstream's `response_timeout`, as nginx's `proxy_read_timeout` closes a quiet
-//! WebSocket. Without that limit two silent peers, or a peer gone without a FIN, would hold the
+//! client and the upstream server until both directions are closed (a side that closed only
+//! its sending half still receives), or until none moved either way for the upstream's
+//! `response_timeout`, as nginx's `proxy_read_timeout` closes a quiet WebSocket (zero: no
+//! limit). Without that limit two silent peers, or a peer gone without a FIN, would hold the
 //! connection, its upstream connection and a slot of `limits.max_connections` for ever.
 
 use std::io;
@@ -13,8 +14,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// Copies between `client` and `upstream` until one closes, a copy fails, or nothing was read
-/// from either for `idle`. Returns why it ended, for the debug log.
+/// Copies between `client` and `upstream` until both directions are closed, a copy fails, or
+/// nothing was read from either for `idle` (zero: no limit). Returns why it ended, for the
+/// debug log.
 pub async fn run<C, U>(client: C, upstream: U, idle: Duration) -> io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -27,6 +29,9 @@ where
     let mut upstream = Watched { io: upstream, start, last: &last };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     tokio::pin!(copy);
+    if idle.is_zero() {
+        return copy.await.map(|_| ());
+    }
     let mut deadline = later(start, idle);
     loop {
         tokio::select! {

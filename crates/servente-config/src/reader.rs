@@ -512,7 +512,7 @@ impl Value for Seconds {
     const TYPE: &'static str = "duration (\"500ms\", \"30s\", \"5m\")";
     fn from_node(node: &Node) -> Result<Self, String> {
         match &node.kind {
-            NodeKind::Int(i) if *i >= 0 => Ok(Seconds(Duration::from_secs(*i as u64))),
+            NodeKind::Int(i) if *i >= 0 => capped(Duration::from_secs(*i as u64), &i.to_string()).map(Seconds),
             NodeKind::Str(s) => parse_duration(s).map(Seconds),
             other => Err(format!("expected a duration such as \"30s\", found {}", other.type_name())),
         }
@@ -531,11 +531,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = match unit.trim() {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(|| too_long(s))?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(|| too_long(s))?),
         other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
     };
+    capped(d, s)
+}
+
+/// The longest duration a config may give: ten years. Every timeout is added to the clock's
+/// reading somewhere, which a larger one could overflow (a panic in that connection's task).
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+fn capped(d: Duration, written: &str) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        return Err(too_long(written));
+    }
     Ok(d)
+}
+
+fn too_long(written: &str) -> String {
+    format!("`{written}` is longer than {} days, the longest duration servente takes", MAX_DURATION.as_secs() / 86_400)
 }
 
 /// A size in bytes, written as an integer or `"16KiB"`, `"2MiB"`, `"1GiB"` (also KB, MB, GB).
@@ -708,6 +723,10 @@ mod tests {
     fn durations_and_sizes() {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("2 fortnights").is_err());
+        assert_eq!(parse_duration("87600h"), Ok(Duration::from_secs(87_600 * 3600)));
+        for huge in ["87601h", "18446744073709551615h", "9999999999999m", "400000000s"] {
+            assert!(parse_duration(huge).is_err_and(|e| e.contains("longest duration")), "{huge}");
+        }
         assert_eq!(parse_size("16KiB"), Ok(16384));
         assert_eq!(parse_size("3"), Ok(3));
         assert!(parse_size("99999999999GiB").is_err());

@@ -215,7 +215,7 @@ const PROBED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 const PROBED_SLOTS: usize = 1 << 6;
 
 /// Each thread's memo of regions [`cached`] found in the page cache, by file and region, when.
-/// Per thread, so it takes no lock: each worker probes a file once per [`PROBED_FOR`].
+/// Per thread, so it takes no lock: each worker probes a region once per [`PROBED_FOR`].
 struct Probed;
 
 type ProbedSlot = Option<(FileId, u64, u64, std::time::Instant)>;

@@ -154,7 +154,15 @@ impl Zip {
         if !before.is_file() {
             return Ok(false);
         }
-        let Some(file) = gone(File::open(path))? else { return Ok(false) };
+        // Without waiting for a writer should a FIFO have been swapped in since the lstat (it is
+        // then skipped below), and refusing a link there (ELOOP: skipped too).
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let opened = match rustix::fs::open(path, flags, Mode::empty()) {
+            Err(rustix::io::Errno::LOOP) => return Ok(false),
+            r => r.map(File::from).map_err(io::Error::from),
+        };
+        let Some(file) = gone(opened)? else { return Ok(false) };
         let meta = file.metadata()?;
         // Swapped for a symlink between the lstat and the open: skip what it points to.
         if !meta.is_file() || (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {

@@ -936,12 +936,13 @@ fn special_files_placed_by_hand_are_neither_listed_nor_shared() {
     let made = Command::new("mkfifo").arg(pub_dir.join("fifo")).status().expect("mkfifo");
     assert!(made.success());
     std::os::unix::fs::symlink("/etc/hostname", pub_dir.join("link")).expect("symlink");
+    let _socket = std::os::unix::net::UnixListener::bind(pub_dir.join("sock")).expect("a socket");
     for (path, depth) in [("/users/alice/pub/", "1"), ("/users/alice/", "infinity")] {
         let r = dav.propfind(ALICE, path, depth, None);
         expect(&r, 207, &format!("PROPFIND Depth {depth} of {path}"));
         let h = hrefs(&r.text());
         assert!(h.contains(&"/files/dav/users/alice/pub/a.txt".to_string()), "{h:?}");
-        assert!(!h.iter().any(|h| h.ends_with("/fifo") || h.ends_with("/link")), "Depth {depth}: {h:?}");
+        assert!(!h.iter().any(|h| h.ends_with("/fifo") || h.ends_with("/link") || h.ends_with("/sock")), "Depth {depth}: {h:?}");
     }
     let alice = format!("{}:{}", ALICE.0, ALICE.1);
     let b = json!({"path": "/users/alice/pub"}).to_string();
@@ -950,8 +951,8 @@ fn special_files_placed_by_hand_are_neither_listed_nor_shared() {
     let url = format!("{}{}", dav.origin, v["url"].as_str().expect("url"));
     let r = curl(&["-m", "10", &format!("{url}/")]);
     expect(&r, 200, "the shared folder's page");
-    assert!(r.text().contains("a.txt") && !r.text().contains("fifo") && !r.text().contains(">link"), "{}", r.text());
-    for name in ["fifo", "link"] {
+    assert!(r.text().contains("a.txt") && !["fifo", ">link", "sock"].iter().any(|n| r.text().contains(n)), "{}", r.text());
+    for name in ["fifo", "link", "sock"] {
         let r = curl(&["-m", "10", &format!("{url}/{name}")]);
         expect(&r, 404, &format!("the share's {name}"));
     }
@@ -963,7 +964,7 @@ fn special_files_placed_by_hand_are_neither_listed_nor_shared() {
     let copied: Vec<_> = std::fs::read_dir(dav.disk("users/alice/copy")).expect("the copy").flatten().map(|e| e.file_name()).collect();
     assert_eq!(copied, ["a.txt"], "the copy holds the file only");
     expect(&dav.call(ALICE, "DELETE", "/users/alice/pub/", &[]), 204, "DELETE of the folder");
-    assert!(!pub_dir.exists(), "the folder is gone, FIFO and link with it");
+    assert!(!pub_dir.exists(), "the folder is gone, FIFO, socket and link with it");
     assert!(Path::new("/etc/hostname").exists());
 }
 
