@@ -96,7 +96,7 @@ pub struct FileBody {
     nowait: bool,
     /// Cached regions of at least `MIN_SLICE` go out unread (see [`FileBody::unread_if`]).
     unread: bool,
-    /// What the file's content is known by, if its opener looked (see [`FileBody::known_as`]).
+    /// What the file's content is known by, if its opener looked (see [`FileBody::whole`]).
     id: Option<FileId>,
 }
 
@@ -110,11 +110,11 @@ impl FileBody {
         FileBody { file, pos: start, end: start.saturating_add(len), pending: None, nowait: true, unread: false, id: None }
     }
 
-    /// The file's [`FileId`], from the metadata its opener read anyway: a region of it found
-    /// in the page cache is then not probed again for a while (see [`crate::sendfile::unread`]).
-    pub fn known_as(mut self, id: FileId) -> Self {
-        self.id = Some(id);
-        self
+    /// All of `file`, whose metadata `meta` its opener read anyway: its length, and its
+    /// [`FileId`], so that a region of it found in the page cache is not probed again for a
+    /// while (see [`crate::sendfile::unread`]).
+    pub fn whole(file: File, meta: &std::fs::Metadata) -> Self {
+        FileBody { id: Some(FileId::of(meta)), ..Self::new(file, 0, meta.len()) }
     }
 
     /// With `yes` (the request's [`crate::RequestCx::sendfile`]), regions already in the page

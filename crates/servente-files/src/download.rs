@@ -13,7 +13,6 @@ use dav_server::fs::DavMetaData;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use servente_core::Body;
 use servente_core::file_body::FileBody;
-use servente_core::sendfile::FileId;
 
 use crate::fs::{Caller, Node, StdMeta, Storage};
 
@@ -48,8 +47,7 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
         return None;
     }
     let len = meta.len();
-    let body =
-        if head { Body::empty() } else { Body::stream(FileBody::new(file, 0, len).known_as(FileId::of(&meta.0)).unread_if(sendfile)) };
+    let body = if head { Body::empty() } else { Body::stream(FileBody::whole(file, &meta.0).unread_if(sendfile)) };
     let mut r = Response::new(body);
     let h = r.headers_mut();
     let name = dav.file_name().unwrap_or("");

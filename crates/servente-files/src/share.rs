@@ -248,12 +248,7 @@ fn file_response(disk: &Path, name: &str, download: bool, head: bool, sendfile: 
         return page(StatusCode::NOT_FOUND, "Not found", "<p>The file is gone.</p>");
     };
     let len = meta.len();
-    let body = if head {
-        Body::empty()
-    } else {
-        let id = servente_core::sendfile::FileId::of(&meta);
-        Body::stream(servente_core::file_body::FileBody::new(file, 0, len).known_as(id).unread_if(sendfile))
-    };
+    let body = if head { Body::empty() } else { Body::stream(servente_core::file_body::FileBody::whole(file, &meta).unread_if(sendfile)) };
     let mut r = Response::new(body);
     let h = r.headers_mut();
     let mime = crate::mime::of_name(name);
