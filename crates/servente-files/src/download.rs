@@ -37,15 +37,10 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
     if depth == 0 {
         return None;
     }
-    // A link as the last component fails here (ELOOP), and a FIFO placed by hand opens without
-    // waiting for a writer (a regular file ignores O_NONBLOCK): dav-server's path refuses both.
-    use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let file = std::fs::File::from(rustix::fs::open(st.disk_path(dav), flags, Mode::empty()).ok()?);
-    let meta = StdMeta(file.metadata().ok()?);
-    if !meta.0.is_file() {
-        return None;
-    }
+    // A link or a FIFO as the last component is not opened as a file (see `open_regular`):
+    // dav-server's path refuses both.
+    let (file, meta) = crate::fs::open_regular(&st.disk_path(dav)).ok()??;
+    let meta = StdMeta(meta);
     let len = meta.len();
     let body = if head { Body::empty() } else { Body::stream(FileBody::whole(file, &meta.0).unread_if(sendfile)) };
     let mut r = Response::new(body);

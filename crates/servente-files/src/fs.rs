@@ -738,6 +738,18 @@ fn log_db(e: String) -> FsError {
     FsError::GeneralFailure
 }
 
+/// Opens a file to send it, as every download does (WebDAV, share links, zips): a link as the
+/// last component fails (ELOOP), and a FIFO placed by hand opens without waiting for a writer
+/// (`O_NONBLOCK`, which a regular file ignores). `Ok(None)` for anything that is not a regular
+/// file once open.
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = std::fs::File::from(rustix::fs::open(path, flags, Mode::empty())?);
+    let meta = file.metadata()?;
+    Ok(meta.is_file().then_some((file, meta)))
+}
+
 /// Removes what WebDAV never shows from a folder that is being deleted: links, FIFOs, sockets
 /// and devices placed there by hand (listings leave them out, so dav-server's delete does not
 /// see them, and the folder would stay, not empty). Unlinking a link leaves what it points to.

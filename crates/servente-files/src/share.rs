@@ -239,12 +239,9 @@ fn disposition(kind: &str, name: &str) -> HeaderValue {
 }
 
 fn file_response(disk: &Path, name: &str, download: bool, head: bool, sendfile: bool) -> Response<Body> {
-    // Opened as downloads are: a link put there since it was looked at fails (ELOOP), and a
-    // FIFO does not hold this thread waiting for a writer; it is then refused as not a file.
-    use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let opened = rustix::fs::open(disk, flags, Mode::empty()).ok().map(std::fs::File::from);
-    let Some((file, meta)) = opened.and_then(|f| f.metadata().ok().filter(|m| m.is_file()).map(|m| (f, m))) else {
+    // A link put there since it was looked at, or a FIFO, is refused as not a file, without
+    // holding this thread waiting for a FIFO's writer.
+    let Some((file, meta)) = crate::fs::open_regular(disk).ok().flatten() else {
         return page(StatusCode::NOT_FOUND, "Not found", "<p>The file is gone.</p>");
     };
     let len = meta.len();

@@ -154,18 +154,14 @@ impl Zip {
         if !before.is_file() {
             return Ok(false);
         }
-        // Without waiting for a writer should a FIFO have been swapped in since the lstat (it is
-        // then skipped below), and refusing a link there (ELOOP: skipped too).
-        use rustix::fs::{Mode, OFlags};
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let opened = match rustix::fs::open(path, flags, Mode::empty()) {
-            Err(rustix::io::Errno::LOOP) => return Ok(false),
-            r => r.map(File::from).map_err(io::Error::from),
+        // A link or a FIFO swapped in since the lstat is skipped, without waiting for a FIFO's
+        // writer (see `open_regular`); so is another file put in its place.
+        let opened = match crate::fs::open_regular(path) {
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => return Ok(false),
+            r => r,
         };
-        let Some(file) = gone(opened)? else { return Ok(false) };
-        let meta = file.metadata()?;
-        // Swapped for a symlink between the lstat and the open: skip what it points to.
-        if !meta.is_file() || (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {
+        let Some((file, meta)) = gone(opened)?.flatten() else { return Ok(false) };
+        if (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {
             return Ok(false);
         }
         self.entry(name, &meta, Some(file))?;
