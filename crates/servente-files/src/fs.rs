@@ -784,13 +784,32 @@ fn tree_size_or_file(p: &Path) -> u64 {
 fn copy_durably(src: &Path, dst: &Path, tmp_dir: &Path) -> FsResult<()> {
     let tmp = temp_name(tmp_dir);
     let result = (|| {
-        std::fs::copy(src, &tmp)?;
-        replace_durably(&tmp, dst)
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut to = opts.open(&tmp)?;
+        copy_regular(src, &mut to)?;
+        to.sync_all()?;
+        put_in_place(&tmp, dst)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(io_err)
+}
+
+/// Copies the regular file `src` into `to` (`copy_file_range` where the filesystem has it) and
+/// gives `to` its permissions. Not `std::fs::copy`, which opens the source following a link and
+/// waiting for a FIFO's writer: the source is opened as downloads open it ([`open_regular`]),
+/// so a link or FIFO put in its place after it was looked at is refused (as not found), not
+/// followed or waited on.
+fn copy_regular(src: &Path, to: &mut std::fs::File) -> std::io::Result<u64> {
+    let Some((mut from, meta)) = open_regular(src)? else {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} is not a regular file", src.display())));
+    };
+    let n = std::io::copy(&mut from, to)?;
+    to.set_permissions(meta.permissions())?;
+    Ok(n)
 }
 
 /// Makes the finished file `tmp` the file `target`, durably: its bytes on disk, then the
@@ -925,7 +944,8 @@ impl Upload {
             u.reserve(size)?;
         }
         if keep_old {
-            std::fs::copy(&u.target, &u.tmp).map_err(io_err)?;
+            let file = u.file.as_mut().ok_or(FsError::GeneralFailure)?;
+            copy_regular(&u.target, file).map_err(io_err)?;
             u.end = old_len;
             if o.append {
                 u.pos = old_len;
@@ -1271,6 +1291,44 @@ mod tests {
             }
         }
         (at, unsynced + size - written)
+    }
+
+    #[test]
+    fn copies_take_regular_files_only_with_their_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let src = dir.path().join("src");
+        std::fs::write(&src, b"the old bytes").expect("write");
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let mut to = tempfile::tempfile().expect("temp file");
+        assert_eq!(copy_regular(&src, &mut to).expect("copied"), 13);
+        assert_eq!(to.metadata().expect("metadata").permissions().mode() & 0o777, 0o640);
+        assert_eq!(std::fs::read(&src).expect("read"), b"the old bytes");
+
+        // A link and a FIFO in a file's place: refused at once, neither followed nor waited on.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&src, &link).expect("symlink");
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR, 0)
+            .expect("mkfifo");
+        for p in [&link, &fifo] {
+            let mut to = tempfile::tempfile().expect("temp file");
+            let e = copy_regular(p, &mut to).expect_err("not a regular file");
+            // ELOOP for the link (O_NOFOLLOW), not found for the FIFO.
+            let eloop = e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error());
+            assert!(eloop || e.kind() == std::io::ErrorKind::NotFound, "{p:?}: {e}");
+            assert_eq!(to.metadata().expect("metadata").len(), 0, "{p:?}: nothing copied");
+        }
+
+        // The durable copy leaves the copy in place and nothing in the temporary folder.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("mkdir");
+        let dst = dir.path().join("dst");
+        copy_durably(&src, &dst, &tmp).expect("copied");
+        assert_eq!(std::fs::read(&dst).expect("read"), b"the old bytes");
+        assert!(copy_durably(&fifo, &dir.path().join("dst2"), &tmp).is_err());
+        assert!(!dir.path().join("dst2").exists());
+        assert_eq!(std::fs::read_dir(&tmp).expect("list").count(), 0, "no temporary file left");
     }
 
     #[test]
