@@ -37,9 +37,9 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
     if depth == 0 {
         return None;
     }
-    // A link or a FIFO as the last component is not opened as a file (see `open_regular`):
+    // A link anywhere on the path, or a FIFO, is not opened (see `Storage::open_file`):
     // dav-server's path refuses both.
-    let (file, meta) = crate::fs::open_regular(&st.disk_path(dav)).ok()??;
+    let (file, meta) = st.open_file(dav).ok()??;
     let meta = StdMeta(meta);
     let len = meta.len();
     let body = if head { Body::empty() } else { Body::stream(FileBody::whole(file, &meta.0).unread_if(sendfile)) };

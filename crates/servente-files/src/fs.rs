@@ -109,6 +109,8 @@ pub struct Storage {
     reserved: Mutex<HashMap<String, u64>>,
     /// Area folders known to exist (created on first use).
     made: std::sync::RwLock<HashMap<Kind, HashSet<String>>>,
+    /// The root, held open: downloads open their file from it (see [`Storage::open_file`]).
+    root_fd: std::os::fd::OwnedFd,
 }
 
 impl fmt::Debug for Storage {
@@ -139,7 +141,14 @@ impl Storage {
                 }
             }
         });
+        let root_fd = rustix::fs::open(
+            root,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| format!("cannot open {}: {e}", root.display()))?;
         Ok(Storage {
+            root_fd,
             root: root.to_path_buf(),
             tmp,
             db: Db::open(db_file)?,
@@ -228,17 +237,19 @@ impl Storage {
     /// Places `path` for `who`. Areas the caller may not see are "not found", so names of other
     /// people's homes and folders do not leak.
     pub fn resolve(&self, path: &DavPath, who: &Principal) -> FsResult<Node> {
-        self.resolve_checking(path, who, true)
+        self.resolve_checking(path, who, Some(true))
     }
 
-    /// [`Storage::resolve`] for a caller that opens the path's last component itself, with
-    /// `O_NOFOLLOW` (which refuses a link there): that component is not looked at here, which
-    /// spares a cold download one `lstat`.
+    /// [`Storage::resolve`] for a caller that opens the path with [`Storage::open_file`], which
+    /// refuses links and special files itself: no component is looked at here, which spares a
+    /// download one `lstat` per folder of its path.
     pub fn resolve_to_open(&self, path: &DavPath, who: &Principal) -> FsResult<Node> {
-        self.resolve_checking(path, who, false)
+        self.resolve_checking(path, who, None)
     }
 
-    fn resolve_checking(&self, path: &DavPath, who: &Principal, leaf: bool) -> FsResult<Node> {
+    /// `leaf`: whether [`Storage::refuse_special_files`] looks at the last component too;
+    /// `None`: it does not run.
+    fn resolve_checking(&self, path: &DavPath, who: &Principal, leaf: Option<bool>) -> FsResult<Node> {
         let raw = path.as_rel_ospath().as_os_str().as_encoded_bytes();
         let mut segs = raw.split(|&b| b == b'/').filter(|s| !s.is_empty());
         let Some(top) = segs.next() else { return Ok(Node::Root) };
@@ -255,7 +266,9 @@ impl Storage {
             depth += 1;
         }
         self.ensure_area(kind, name)?;
-        if depth > 0 {
+        if depth > 0
+            && let Some(leaf) = leaf
+        {
             self.refuse_special_files(raw, leaf)?;
         }
         Ok(Node::Area { kind, name: name.to_string(), write, depth })
@@ -284,6 +297,37 @@ impl Storage {
             }
         }
         Ok(())
+    }
+
+    /// Opens the file at `path`, which resolved to an area (see [`Storage::resolve_to_open`]),
+    /// for reading; `None` if it is not a regular file. `openat2` from the root's descriptor
+    /// refuses a link in any component (`RESOLVE_NO_SYMLINKS`) and any way out of the root
+    /// (`RESOLVE_BENEATH`) in the open itself, so no link or folder can be swapped in between
+    /// a check and the open; the walk starts at the root, not at `/`; a FIFO is not waited on
+    /// (see [`open_regular`]). Where the kernel has no `openat2` (before Linux 5.6, or a
+    /// sandbox refusing it): the checks of [`Storage::resolve`], then [`open_regular`].
+    pub(crate) fn open_file(&self, path: &DavPath) -> std::io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+        if !NO_OPENAT2.load(Relaxed) {
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+            let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+            match rustix::fs::openat2(&self.root_fd, path.as_rel_ospath(), flags, Mode::empty(), how) {
+                Ok(fd) => {
+                    let file = std::fs::File::from(fd);
+                    let meta = file.metadata()?;
+                    return Ok(meta.is_file().then_some((file, meta)));
+                }
+                Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => NO_OPENAT2.store(true, Relaxed),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let raw = path.as_rel_ospath().as_os_str().as_encoded_bytes();
+        if self.refuse_special_files(raw, false).is_err() {
+            return Ok(None);
+        }
+        open_regular(&self.disk_path(path))
     }
 
     fn ensure_area(&self, kind: Kind, name: &str) -> FsResult<()> {
