@@ -49,13 +49,11 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::mime::of_name(name)));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Some(tag) = meta.etag()
-        && let Ok(v) = HeaderValue::from_str(&format!("\"{tag}\""))
-    {
+    if let Some(v) = etag_value(&meta.0) {
         h.insert(header::ETAG, v);
     }
     if let Ok(t) = meta.modified()
-        && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(t))
+        && let Some(v) = http_date(t)
     {
         h.insert(header::LAST_MODIFIED, v);
     }
@@ -63,9 +61,52 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
     Some(r)
 }
 
+/// The quoted ETag (the same as [`StdMeta`]'s), written once into its header value.
+fn etag_value(m: &std::fs::Metadata) -> Option<HeaderValue> {
+    use std::fmt::Write;
+    use std::os::unix::fs::MetadataExt;
+    let modified = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    let mut tag = String::with_capacity(48);
+    write!(tag, "\"{}\"", crate::fs::Etag { ino: m.ino(), len: Some(m.len()), modified }).ok()?;
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(tag)).ok()
+}
+
+/// `t` as an HTTP date. The last one made on this thread is kept: a file downloaded again and
+/// again has the same modification time, and formatting a date takes an allocation and some
+/// arithmetic.
+fn http_date(t: std::time::SystemTime) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    let secs = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    LAST.with_borrow_mut(|last| match last {
+        Some((s, v)) if *s == secs => Some(v.clone()),
+        _ => {
+            let v = HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok()?;
+            *last = Some((secs, v.clone()));
+            Some(v)
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validators_are_those_of_the_metadata() {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        let m = f.as_file().metadata().expect("metadata");
+        let tag = etag_value(&m).expect("etag");
+        assert_eq!(tag.to_str().ok(), Some(format!("\"{}\"", StdMeta(m.clone()).etag().expect("etag")).as_str()));
+        let t = m.modified().expect("mtime");
+        let first = http_date(t).expect("date");
+        assert_eq!(first.to_str().ok(), Some(httpdate::fmt_http_date(t).as_str()));
+        assert_eq!(http_date(t), Some(first.clone()), "the same again");
+        let later = t + std::time::Duration::from_secs(1);
+        assert_eq!(http_date(later).expect("date").to_str().ok(), Some(httpdate::fmt_http_date(later).as_str()));
+        assert_eq!(http_date(t), Some(first), "and back");
+    }
 
     #[test]
     fn ranges_and_conditions_go_to_dav_server() {
