@@ -482,7 +482,7 @@ impl GuardedFileSystem<Caller> for ServenteFs {
             }
             let node = self.area(path, c, true, 1)?;
             let st = self.st.clone();
-            let target = st.disk_path(path);
+            let target = path.clone();
             let quota = node.quota_user().and_then(|u| st.quota(u).map(|q| (u.to_string(), q)));
             // A whole-file PUT only looks at metadata and creates the temporary file, which the
             // kernel does from its caches: done here. A partial one copies the old file first,
@@ -663,7 +663,7 @@ impl GuardedFileSystem<Caller> for ServenteFs {
             self.area(from, c, false, 1)?;
             let b = self.area(to, c, true, 1)?;
             let st = self.st.clone();
-            let (src, dst) = (st.disk_path(from), st.disk_path(to));
+            let (src, dst, from_path) = (st.disk_path(from), st.disk_path(to), from.clone());
             let user = b.quota_user().map(str::to_string);
             let limit = user.as_deref().and_then(|u| st.quota(u).map(|q| (q, st.used(u))));
             let (kf, kt) = (key(from), key(to));
@@ -675,7 +675,7 @@ impl GuardedFileSystem<Caller> for ServenteFs {
                 {
                     return Err(FsError::InsufficientStorage);
                 }
-                copy_durably(&src, &dst, &st.tmp)?;
+                copy_durably(&st, &from_path, &dst)?;
                 if let Some(u) = &user {
                     st.add_usage(u, len as i64 - old as i64);
                 }
@@ -825,14 +825,14 @@ fn tree_size_or_file(p: &Path) -> u64 {
 }
 
 /// Copies through a temporary file, so the destination is either the old file or the whole copy.
-fn copy_durably(src: &Path, dst: &Path, tmp_dir: &Path) -> FsResult<()> {
-    let tmp = temp_name(tmp_dir);
+fn copy_durably(st: &Storage, src: &DavPath, dst: &Path) -> FsResult<()> {
+    let tmp = temp_name(&st.tmp);
     let result = (|| {
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut to = opts.open(&tmp)?;
-        copy_regular(src, &mut to)?;
+        copy_regular(st, src, &mut to)?;
         to.sync_all()?;
         put_in_place(&tmp, dst)
     })();
@@ -843,13 +843,13 @@ fn copy_durably(src: &Path, dst: &Path, tmp_dir: &Path) -> FsResult<()> {
 }
 
 /// Copies the regular file `src` into `to` (`copy_file_range` where the filesystem has it) and
-/// gives `to` its permissions. Not `std::fs::copy`, which opens the source following a link and
-/// waiting for a FIFO's writer: the source is opened as downloads open it ([`open_regular`]),
-/// so a link or FIFO put in its place after it was looked at is refused (as not found), not
-/// followed or waited on.
-fn copy_regular(src: &Path, to: &mut std::fs::File) -> std::io::Result<u64> {
-    let Some((mut from, meta)) = open_regular(src)? else {
-        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} is not a regular file", src.display())));
+/// gives `to` its permissions. Not `std::fs::copy`, which opens the source following links and
+/// waiting for a FIFO's writer: the source is opened as downloads open it
+/// ([`Storage::open_file`]), so a link or FIFO put on its path after it was looked at is
+/// refused (as not found), not followed or waited on.
+fn copy_regular(st: &Storage, src: &DavPath, to: &mut std::fs::File) -> std::io::Result<u64> {
+    let Some((mut from, meta)) = st.open_file(src)? else {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} is not a regular file", st.disk_path(src).display())));
     };
     let n = std::io::copy(&mut from, to)?;
     to.set_permissions(meta.permissions())?;
@@ -938,7 +938,9 @@ impl fmt::Debug for Upload {
 }
 
 impl Upload {
-    fn begin(st: Arc<Storage>, target: PathBuf, o: OpenOptions, quota: Option<(String, u64)>) -> FsResult<Upload> {
+    /// `path`: the file to write, which resolved to an area.
+    fn begin(st: Arc<Storage>, path: DavPath, o: OpenOptions, quota: Option<(String, u64)>) -> FsResult<Upload> {
+        let target = st.disk_path(&path);
         let old = match std::fs::symlink_metadata(&target) {
             Ok(m) if m.is_dir() => return Err(FsError::Forbidden),
             Ok(m) => Some(m),
@@ -989,7 +991,7 @@ impl Upload {
         }
         if keep_old {
             let file = u.file.as_mut().ok_or(FsError::GeneralFailure)?;
-            copy_regular(&u.target, file).map_err(io_err)?;
+            copy_regular(&u.st, &path, file).map_err(io_err)?;
             u.end = old_len;
             if o.append {
                 u.pos = old_len;
@@ -1341,38 +1343,43 @@ mod tests {
     fn copies_take_regular_files_only_with_their_permissions() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("temp dir");
-        let src = dir.path().join("src");
+        let root = dir.path().join("root");
+        let settings = StorageSettings { default_quota: 0, quotas: HashMap::new(), group_folders: false, folders: Vec::new() };
+        let st = Storage::open(&root, &dir.path().join("files.db"), settings).expect("storage");
+        let home = root.join("users/alice");
+        std::fs::create_dir_all(home.join("d")).expect("mkdir");
+        let at = |p: &str| DavPath::new(&format!("/users/alice/{p}")).expect("path");
+        let src = home.join("d/src");
         std::fs::write(&src, b"the old bytes").expect("write");
         std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         let mut to = tempfile::tempfile().expect("temp file");
-        assert_eq!(copy_regular(&src, &mut to).expect("copied"), 13);
+        assert_eq!(copy_regular(&st, &at("d/src"), &mut to).expect("copied"), 13);
         assert_eq!(to.metadata().expect("metadata").permissions().mode() & 0o777, 0o640);
         assert_eq!(std::fs::read(&src).expect("read"), b"the old bytes");
 
-        // A link and a FIFO in a file's place: refused at once, neither followed nor waited on.
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&src, &link).expect("symlink");
-        let fifo = dir.path().join("fifo");
+        // A link and a FIFO in a file's place, and a link as a folder on the way: refused at
+        // once, neither followed nor waited on.
+        std::os::unix::fs::symlink(&src, home.join("link")).expect("symlink");
+        std::os::unix::fs::symlink(home.join("d"), home.join("dlink")).expect("symlink");
+        let fifo = home.join("fifo");
         rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR, 0)
             .expect("mkfifo");
-        for p in [&link, &fifo] {
+        for p in ["link", "dlink/src", "fifo"] {
             let mut to = tempfile::tempfile().expect("temp file");
-            let e = copy_regular(p, &mut to).expect_err("not a regular file");
-            // ELOOP for the link (O_NOFOLLOW), not found for the FIFO.
+            let e = copy_regular(&st, &at(p), &mut to).expect_err("not a regular file");
+            // ELOOP for a link (RESOLVE_NO_SYMLINKS), not found for the FIFO.
             let eloop = e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error());
-            assert!(eloop || e.kind() == std::io::ErrorKind::NotFound, "{p:?}: {e}");
-            assert_eq!(to.metadata().expect("metadata").len(), 0, "{p:?}: nothing copied");
+            assert!(eloop || e.kind() == std::io::ErrorKind::NotFound, "{p}: {e}");
+            assert_eq!(to.metadata().expect("metadata").len(), 0, "{p}: nothing copied");
         }
 
         // The durable copy leaves the copy in place and nothing in the temporary folder.
-        let tmp = dir.path().join("tmp");
-        std::fs::create_dir(&tmp).expect("mkdir");
-        let dst = dir.path().join("dst");
-        copy_durably(&src, &dst, &tmp).expect("copied");
+        let dst = home.join("dst");
+        copy_durably(&st, &at("d/src"), &dst).expect("copied");
         assert_eq!(std::fs::read(&dst).expect("read"), b"the old bytes");
-        assert!(copy_durably(&fifo, &dir.path().join("dst2"), &tmp).is_err());
-        assert!(!dir.path().join("dst2").exists());
-        assert_eq!(std::fs::read_dir(&tmp).expect("list").count(), 0, "no temporary file left");
+        assert!(copy_durably(&st, &at("fifo"), &home.join("dst2")).is_err());
+        assert!(!home.join("dst2").exists());
+        assert_eq!(std::fs::read_dir(root.join(".tmp")).expect("list").count(), 0, "no temporary file left");
     }
 
     #[test]
