@@ -9,12 +9,11 @@
 use std::sync::Arc;
 
 use dav_server::davpath::DavPath;
-use dav_server::fs::DavMetaData;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use servente_core::Body;
 use servente_core::file_body::FileBody;
 
-use crate::fs::{Caller, Node, StdMeta, Storage};
+use crate::fs::{Caller, Node, Storage};
 
 /// Whether dav-server must answer (ranges and conditions).
 pub fn needs_dav_server(h: &HeaderMap) -> bool {
@@ -40,16 +39,15 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
     // A link anywhere on the path, or a FIFO, is not opened (see `Storage::open_file`):
     // dav-server's path refuses both.
     let (file, meta) = st.open_file(dav).ok()??;
-    let meta = StdMeta(meta);
     let len = meta.len();
-    let body = if head { Body::empty() } else { Body::stream(FileBody::whole(file, &meta.0).unread_if(sendfile)) };
+    let body = if head { Body::empty() } else { Body::stream(FileBody::whole(file, &meta).unread_if(sendfile)) };
     let mut r = Response::new(body);
     let h = r.headers_mut();
     let name = dav.file_name().unwrap_or("");
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::mime::of_name(name)));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Some(v) = etag_value(&meta.0) {
+    if let Some(v) = etag_value(&meta) {
         h.insert(header::ETAG, v);
     }
     if let Ok(t) = meta.modified()
@@ -61,7 +59,7 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
     Some(r)
 }
 
-/// The quoted ETag (the same as [`StdMeta`]'s), written once into its header value.
+/// The quoted ETag (the same as [`crate::fs::StdMeta`]'s), written once into its header value.
 fn etag_value(m: &std::fs::Metadata) -> Option<HeaderValue> {
     use std::fmt::Write;
     use std::os::unix::fs::MetadataExt;
@@ -92,6 +90,8 @@ fn http_date(t: std::time::SystemTime) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::StdMeta;
+    use dav_server::fs::DavMetaData;
 
     #[test]
     fn validators_are_those_of_the_metadata() {

@@ -307,18 +307,13 @@ impl Storage {
     /// (see [`open_regular`]). Where the kernel has no `openat2` (before Linux 5.6, or a
     /// sandbox refusing it): the checks of [`Storage::resolve`], then [`open_regular`].
     pub(crate) fn open_file(&self, path: &DavPath) -> std::io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
-        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        use rustix::fs::{Mode, ResolveFlags};
         use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
         static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
         if !NO_OPENAT2.load(Relaxed) {
-            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
             let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-            match rustix::fs::openat2(&self.root_fd, path.as_rel_ospath(), flags, Mode::empty(), how) {
-                Ok(fd) => {
-                    let file = std::fs::File::from(fd);
-                    let meta = file.metadata()?;
-                    return Ok(meta.is_file().then_some((file, meta)));
-                }
+            match rustix::fs::openat2(&self.root_fd, path.as_rel_ospath(), SERVE_FLAGS, Mode::empty(), how) {
+                Ok(fd) => return regular_only(fd),
                 Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => NO_OPENAT2.store(true, Relaxed),
                 Err(e) => return Err(e.into()),
             }
@@ -328,6 +323,15 @@ impl Storage {
             return Ok(None);
         }
         open_regular(&self.disk_path(path))
+    }
+
+    /// Opens the file `path` to copy from it. Not `std::fs::copy`'s open, which follows links
+    /// and waits for a FIFO's writer: as downloads do ([`Storage::open_file`]), so a link or
+    /// FIFO put on its path after it was looked at is refused (as not found).
+    fn source(&self, path: &DavPath) -> std::io::Result<Source> {
+        self.open_file(path)?.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} is not a regular file", self.disk_path(path).display()))
+        })
     }
 
     fn ensure_area(&self, kind: Kind, name: &str) -> FsResult<()> {
@@ -355,18 +359,13 @@ impl Storage {
     /// meanwhile (a PUT was quicker) is left as it is.
     pub(crate) async fn create_empty(&self, path: &DavPath) -> FsResult<()> {
         let target = self.disk_path(path);
-        blocking(move || {
-            let mut o = std::fs::OpenOptions::new();
-            o.write(true).create_new(true);
-            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-            match o.open(&target) {
-                Ok(f) => {
-                    f.sync_all().map_err(io_err)?;
-                    sync_parent(&target).map_err(io_err)
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-                Err(e) => Err(io_err(e)),
+        blocking(move || match create_private(&target) {
+            Ok(f) => {
+                f.sync_all().map_err(io_err)?;
+                sync_parent(&target).map_err(io_err)
             }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io_err(e)),
         })
         .await
     }
@@ -663,19 +662,21 @@ impl GuardedFileSystem<Caller> for ServenteFs {
             self.area(from, c, false, 1)?;
             let b = self.area(to, c, true, 1)?;
             let st = self.st.clone();
-            let (src, dst, from_path) = (st.disk_path(from), st.disk_path(to), from.clone());
+            let (dst, from_path) = (st.disk_path(to), from.clone());
             let user = b.quota_user().map(str::to_string);
             let limit = user.as_deref().and_then(|u| st.quota(u).map(|q| (q, st.used(u))));
             let (kf, kt) = (key(from), key(to));
             blocking(move || {
-                let len = std::fs::metadata(&src).map_err(io_err)?.len();
+                // Opened once: its length for the quota is that of the bytes copied.
+                let source = st.source(&from_path).map_err(io_err)?;
+                let len = source.1.len();
                 let old = std::fs::symlink_metadata(&dst).map(|m| if m.is_file() { m.len() } else { 0 }).unwrap_or(0);
                 if let Some((q, used)) = limit
                     && used.saturating_sub(old) + len > q
                 {
                     return Err(FsError::InsufficientStorage);
                 }
-                copy_durably(&st, &from_path, &dst)?;
+                copy_durably(&st, source, &dst)?;
                 if let Some(u) = &user {
                     st.add_usage(u, len as i64 - old as i64);
                 }
@@ -787,11 +788,26 @@ fn log_db(e: String) -> FsError {
 /// (`O_NONBLOCK`, which a regular file ignores). `Ok(None)` for anything that is not a regular
 /// file once open.
 pub(crate) fn open_regular(path: &Path) -> std::io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
-    use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let file = std::fs::File::from(rustix::fs::open(path, flags, Mode::empty())?);
+    regular_only(rustix::fs::open(path, SERVE_FLAGS, rustix::fs::Mode::empty())?)
+}
+
+/// How a file to be sent is opened ([`open_regular`], [`Storage::open_file`]).
+const SERVE_FLAGS: rustix::fs::OFlags =
+    rustix::fs::OFlags::RDONLY.union(rustix::fs::OFlags::NOFOLLOW).union(rustix::fs::OFlags::NONBLOCK).union(rustix::fs::OFlags::CLOEXEC);
+
+/// The file just opened, with its metadata, if it is a regular file.
+fn regular_only(fd: std::os::fd::OwnedFd) -> std::io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
+    let file = std::fs::File::from(fd);
     let meta = file.metadata()?;
     Ok(meta.is_file().then_some((file, meta)))
+}
+
+/// Creates the new file `path`, readable and writable by servente only; fails if it exists.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true).create_new(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path)
 }
 
 /// Removes what WebDAV never shows from a folder that is being deleted: links, FIFOs, sockets
@@ -825,14 +841,11 @@ fn tree_size_or_file(p: &Path) -> u64 {
 }
 
 /// Copies through a temporary file, so the destination is either the old file or the whole copy.
-fn copy_durably(st: &Storage, src: &DavPath, dst: &Path) -> FsResult<()> {
+fn copy_durably(st: &Storage, src: Source, dst: &Path) -> FsResult<()> {
     let tmp = temp_name(&st.tmp);
     let result = (|| {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut to = opts.open(&tmp)?;
-        copy_regular(st, src, &mut to)?;
+        let mut to = create_private(&tmp)?;
+        copy_regular(src, &mut to)?;
         to.sync_all()?;
         put_in_place(&tmp, dst)
     })();
@@ -842,15 +855,12 @@ fn copy_durably(st: &Storage, src: &DavPath, dst: &Path) -> FsResult<()> {
     result.map_err(io_err)
 }
 
-/// Copies the regular file `src` into `to` (`copy_file_range` where the filesystem has it) and
-/// gives `to` its permissions. Not `std::fs::copy`, which opens the source following links and
-/// waiting for a FIFO's writer: the source is opened as downloads open it
-/// ([`Storage::open_file`]), so a link or FIFO put on its path after it was looked at is
-/// refused (as not found), not followed or waited on.
-fn copy_regular(st: &Storage, src: &DavPath, to: &mut std::fs::File) -> std::io::Result<u64> {
-    let Some((mut from, meta)) = st.open_file(src)? else {
-        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} is not a regular file", st.disk_path(src).display())));
-    };
+/// A file to copy from, opened by [`Storage::source`].
+type Source = (std::fs::File, std::fs::Metadata);
+
+/// Copies `src` into `to` (`copy_file_range` where the filesystem has it) and gives `to` its
+/// permissions.
+fn copy_regular((mut from, meta): Source, to: &mut std::fs::File) -> std::io::Result<u64> {
     let n = std::io::copy(&mut from, to)?;
     to.set_permissions(meta.permissions())?;
     Ok(n)
@@ -960,10 +970,7 @@ impl Upload {
         let old_len = old.as_ref().map(|m| m.len()).unwrap_or(0);
         let keep_old = old.is_some() && !o.truncate;
         let tmp = temp_name(&st.tmp);
-        let mut opts = std::fs::OpenOptions::new();
-        opts.read(true).write(true).create_new(true);
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let file = opts.open(&tmp).map_err(io_err)?;
+        let file = create_private(&tmp).map_err(io_err)?;
         let mut u = Upload {
             st,
             target,
@@ -991,7 +998,7 @@ impl Upload {
         }
         if keep_old {
             let file = u.file.as_mut().ok_or(FsError::GeneralFailure)?;
-            copy_regular(&u.st, &path, file).map_err(io_err)?;
+            copy_regular(u.st.source(&path).map_err(io_err)?, file).map_err(io_err)?;
             u.end = old_len;
             if o.append {
                 u.pos = old_len;
@@ -1353,7 +1360,7 @@ mod tests {
         std::fs::write(&src, b"the old bytes").expect("write");
         std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         let mut to = tempfile::tempfile().expect("temp file");
-        assert_eq!(copy_regular(&st, &at("d/src"), &mut to).expect("copied"), 13);
+        assert_eq!(copy_regular(st.source(&at("d/src")).expect("opened"), &mut to).expect("copied"), 13);
         assert_eq!(to.metadata().expect("metadata").permissions().mode() & 0o777, 0o640);
         assert_eq!(std::fs::read(&src).expect("read"), b"the old bytes");
 
@@ -1365,20 +1372,19 @@ mod tests {
         rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR, 0)
             .expect("mkfifo");
         for p in ["link", "dlink/src", "fifo"] {
-            let mut to = tempfile::tempfile().expect("temp file");
-            let e = copy_regular(&st, &at(p), &mut to).expect_err("not a regular file");
+            let e = st.source(&at(p)).expect_err("not a regular file");
             // ELOOP for a link (RESOLVE_NO_SYMLINKS), not found for the FIFO.
             let eloop = e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error());
             assert!(eloop || e.kind() == std::io::ErrorKind::NotFound, "{p}: {e}");
-            assert_eq!(to.metadata().expect("metadata").len(), 0, "{p}: nothing copied");
         }
 
-        // The durable copy leaves the copy in place and nothing in the temporary folder.
+        // The durable copy leaves the copy in place and nothing in the temporary folder; one
+        // that fails (its destination's folder is missing) leaves neither.
         let dst = home.join("dst");
-        copy_durably(&st, &at("d/src"), &dst).expect("copied");
+        copy_durably(&st, st.source(&at("d/src")).expect("opened"), &dst).expect("copied");
         assert_eq!(std::fs::read(&dst).expect("read"), b"the old bytes");
-        assert!(copy_durably(&st, &at("fifo"), &home.join("dst2")).is_err());
-        assert!(!home.join("dst2").exists());
+        assert!(copy_durably(&st, st.source(&at("d/src")).expect("opened"), &home.join("missing/dst2")).is_err());
+        assert!(!home.join("missing/dst2").exists());
         assert_eq!(std::fs::read_dir(root.join(".tmp")).expect("list").count(), 0, "no temporary file left");
     }
 
