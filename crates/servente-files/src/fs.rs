@@ -616,7 +616,7 @@ impl GuardedFileSystem<Caller> for ServenteFs {
             let user = node.quota_user().map(str::to_string);
             blocking(move || {
                 let len = std::fs::symlink_metadata(&disk).map(|m| if m.is_file() { m.len() } else { 0 }).map_err(io_err)?;
-                std::fs::remove_file(&disk).map_err(io_err)?;
+                remove_freeing_later(&disk).map_err(io_err)?;
                 if let Some(u) = user {
                     st.add_usage(&u, -(len as i64));
                 }
@@ -873,10 +873,43 @@ pub(crate) fn replace_durably(tmp: &Path, target: &Path) -> std::io::Result<()> 
     put_in_place(tmp, target)
 }
 
-/// The rename and folder sync of [`replace_durably`], for a file already synced.
+/// The rename and folder sync of [`replace_durably`], for a file already synced. The file it
+/// replaces, if any, is freed after the answer (see [`hold`]).
 fn put_in_place(tmp: &Path, target: &Path) -> std::io::Result<()> {
+    let replaced = hold(target);
     std::fs::rename(tmp, target)?;
-    sync_parent(target)
+    let synced = sync_parent(target);
+    release_later(replaced);
+    synced
+}
+
+/// The file or link at `path`, held (`O_PATH`: no reading rights, nothing followed) across a
+/// rename that replaces it or an unlink that removes it. The last name of a file going away
+/// otherwise frees its blocks inside that call, and the client waits for it: on ext4 here,
+/// 0.5 ms for 1 MiB and about 20 ms for 100 MiB. Held, the file is freed when
+/// [`release_later`] closes it, off the answer's path.
+fn hold(path: &Path) -> Option<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(path, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).ok()
+}
+
+/// Removes the name `path` at once; the file is freed later, by [`release_later`].
+pub(crate) fn remove_freeing_later(path: &Path) -> std::io::Result<()> {
+    let held = hold(path);
+    let removed = std::fs::remove_file(path);
+    release_later(held);
+    removed
+}
+
+/// Closes a file held by [`hold`] on the blocking pool (inline outside a runtime), so the
+/// answer does not wait for the filesystem to free it. A crash before the close loses
+/// nothing: the kernel frees an unlinked file whose last holder is gone, on restart too.
+fn release_later(held: Option<std::os::fd::OwnedFd>) {
+    if let Some(fd) = held
+        && let Ok(rt) = tokio::runtime::Handle::try_current()
+    {
+        rt.spawn_blocking(move || drop(fd));
+    }
 }
 
 fn sync_parent(p: &Path) -> std::io::Result<()> {
@@ -1087,7 +1120,9 @@ impl Drop for Upload {
             self.st.release(user, self.reserved);
         }
         if self.committed.is_none() {
-            let _ = std::fs::remove_file(&self.tmp);
+            // Often on a runtime thread (the client went away): the name goes now, the
+            // blocks are freed on the blocking pool.
+            let _ = remove_freeing_later(&self.tmp);
         }
     }
 }
@@ -1386,6 +1421,30 @@ mod tests {
         assert!(copy_durably(&st, st.source(&at("d/src")).expect("opened"), &home.join("missing/dst2")).is_err());
         assert!(!home.join("missing/dst2").exists());
         assert_eq!(std::fs::read_dir(root.join(".tmp")).expect("list").count(), 0, "no temporary file left");
+    }
+
+    #[test]
+    fn a_replaced_file_is_freed_only_when_released() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (target, tmp) = (dir.path().join("target"), dir.path().join("tmp"));
+        std::fs::write(&target, b"old").expect("write");
+        std::fs::write(&tmp, b"new").expect("write");
+        let held = hold(&target).expect("held");
+        let old_ino = rustix::fs::fstat(&held).expect("fstat").st_ino;
+        put_in_place(&tmp, &target).expect("replaced");
+        assert_eq!(std::fs::read(&target).expect("read"), b"new");
+        // What the hold keeps is the old file, now without a name: still there, not freed.
+        let kept = rustix::fs::fstat(&held).expect("fstat");
+        assert_eq!((kept.st_ino, kept.st_nlink), (old_ino, 0));
+        release_later(Some(held));
+
+        // A name that is not there holds nothing; a link is held as itself, not followed.
+        assert!(hold(&dir.path().join("missing")).is_none());
+        std::os::unix::fs::symlink(&target, dir.path().join("link")).expect("symlink");
+        let link = hold(&dir.path().join("link")).expect("link held");
+        assert_eq!(rustix::fs::fstat(&link).expect("fstat").st_mode & 0o170000, 0o120000);
+        // In a runtime, the close goes to the blocking pool and does not wait for it.
+        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(async move { release_later(Some(link)) });
     }
 
     #[test]

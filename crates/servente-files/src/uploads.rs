@@ -161,7 +161,8 @@ impl Uploads {
     pub fn remove(&self, id: &str) -> bool {
         let Some((part, json)) = self.files(id) else { return false };
         let removed = std::fs::remove_file(json).is_ok();
-        let _ = std::fs::remove_file(part);
+        // A large part file is freed off the answer's path.
+        let _ = crate::fs::remove_freeing_later(&part);
         removed
     }
 }
