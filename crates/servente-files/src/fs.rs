@@ -318,6 +318,13 @@ impl Storage {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.open_file_checked(path)
+    }
+
+    /// [`Storage::open_file`] where the kernel has no `openat2`: every component looked at
+    /// first (a link or special file on the way: `None`), then an open that follows no link
+    /// in the last one. A link swapped in for a folder between the two is not seen.
+    fn open_file_checked(&self, path: &DavPath) -> std::io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
         let raw = path.as_rel_ospath().as_os_str().as_encoded_bytes();
         if self.refuse_special_files(raw, false).is_err() {
             return Ok(None);
@@ -1411,7 +1418,15 @@ mod tests {
             // ELOOP for a link (RESOLVE_NO_SYMLINKS), not found for the FIFO.
             let eloop = e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error());
             assert!(eloop || e.kind() == std::io::ErrorKind::NotFound, "{p}: {e}");
+            // The way taken without openat2 refuses the same (a link at the end: ELOOP too).
+            match st.open_file_checked(&at(p)) {
+                Ok(None) => {}
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {}
+                other => panic!("{p} without openat2: {other:?}"),
+            }
         }
+        let (_, meta) = st.open_file_checked(&at("d/src")).expect("opened").expect("a regular file");
+        assert_eq!(meta.len(), 13);
 
         // The durable copy leaves the copy in place and nothing in the temporary folder; one
         // that fails (its destination's folder is missing) leaves neither.
