@@ -22,6 +22,7 @@ from pathlib import Path
 # The operations in the order of the table: (key, label).
 OPS = [
     ("put-1m", "PUT 1 MiB"),
+    ("put-1m-over", "PUT 1 MiB over an existing file"),
     ("put-100m", "PUT 100 MiB"),
     ("get-1m", "GET 1 MiB"),
     ("get-100m", "GET 100 MiB"),
@@ -173,18 +174,18 @@ def report(args):
     if "servente" in servers:
         print()
         print("== servente PUT: time spent in fsync (its Server-Timing: fsync;dur=<ms> header)")
-        for op in ("put-1m", "put-100m"):
+        for op in ("put-1m", "put-1m-over", "put-100m"):
             info = summary[op]["servers"].get("servente")
             if not info or info["errors"]:
                 continue
             label = dict(OPS)[op]
             if info.get("fsync_median_ms") is not None:
                 share = info.get("fsync_share_median")
-                print(f"   {label:<14} fsync {info['fsync_median_ms']:.1f} ms of "
+                print(f"   {label:<31} fsync {info['fsync_median_ms']:.1f} ms of "
                       f"{fmt_time(info['median_s'])} (median share of the request: "
                       f"{share * 100:.0f}%)")
             else:
-                print(f"   {label:<14} no Server-Timing fsync header in servente's answers")
+                print(f"   {label:<31} no Server-Timing fsync header in servente's answers")
         print("   The header times the final wait only (fsync of the file, rename, fsync of its "
               "folder); servente asks the kernel to start writing back while the body is still "
               "arriving, so disk work done during the upload is inside the rest of the time.")
