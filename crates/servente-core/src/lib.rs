@@ -7,6 +7,7 @@
 //! in through `Router`, chosen by the binary.
 
 pub mod access_log;
+pub mod conditional;
 pub mod file_body;
 pub mod guard;
 pub mod http;
@@ -14,6 +15,7 @@ pub mod lazy_timer;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
+pub mod range;
 pub mod request_body;
 pub mod sendfile;
 pub mod server;

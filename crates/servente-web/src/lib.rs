@@ -2,15 +2,17 @@
 //!
 //! [`WebRole`] holds the sites of one config generation and picks the site for a request by
 //! listener and Host (then SNI); [`site::Site`] answers from the site's root. The wire-level
-//! logic (paths, conditionals, ranges, negotiation) lives in modules that do no IO.
+//! logic (paths, negotiation; conditionals and ranges are the core's) lives in modules that do
+//! no IO.
 
-pub mod conditional;
 pub mod files;
 pub mod listing;
 pub mod negotiate;
 pub mod path;
-pub mod range;
 pub mod site;
+
+// Pure HTTP logic shared with the file role, kept in the core.
+pub use servente_core::{conditional, range};
 
 use std::collections::HashMap;
 
