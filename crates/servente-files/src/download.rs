@@ -1,6 +1,9 @@
 //! Plain GET and HEAD of a file, answered by servente itself with a [`FileBody`]: a hot file
 //! is read from the page cache on the connection's thread, a cold one on the blocking pool.
-//! Requests with a range or a precondition go to dav-server, which implements those.
+//! The HTTP preconditions (If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since,
+//! If-Range) and a single byte range are answered here too, with the web role's rules
+//! ([`servente_core::conditional`], [`servente_core::range`]); a WebDAV `If` header and a
+//! request for several ranges at once go to dav-server.
 //!
 //! The file is opened and looked at on the connection's thread, as the path was already
 //! resolved there: both are metadata calls the kernel answers from its caches for a file
@@ -10,28 +13,30 @@ use std::sync::Arc;
 
 use dav_server::davpath::DavPath;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use servente_core::Body;
+use servente_core::conditional::{self, Outcome, Validators};
 use servente_core::file_body::FileBody;
+use servente_core::range::{self, Ranges};
+use servente_core::{Body, simple_response};
 
 use crate::fs::{Caller, Node, Storage};
 
-/// Whether dav-server must answer (ranges and conditions).
+/// Whether dav-server must answer: a WebDAV `If` header (lock tokens, and tags that may name
+/// other resources).
 pub fn needs_dav_server(h: &HeaderMap) -> bool {
-    // One pass over the few fields a request has, comparing known names (a lookup by string
-    // would parse and hash each of the seven names).
-    h.keys().any(|k| {
-        k == header::RANGE
-            || k == header::IF_MATCH
-            || k == header::IF_NONE_MATCH
-            || k == header::IF_MODIFIED_SINCE
-            || k == header::IF_UNMODIFIED_SINCE
-            || k == header::IF_RANGE
-            || k.as_str() == "if"
-    })
+    // Compared by name, not looked up: a lookup by string would parse and hash "if".
+    h.keys().any(|k| k.as_str() == "if")
 }
 
-/// `sendfile`: the request's [`servente_core::RequestCx::sendfile`].
-pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: bool, sendfile: bool) -> Option<Response<Body>> {
+/// `headers`: the request's; `sendfile`: the request's [`servente_core::RequestCx::sendfile`].
+/// `None`: dav-server answers instead (not a file servente may open, or several ranges).
+pub async fn answer(
+    st: &Arc<Storage>,
+    caller: &Caller,
+    dav: &DavPath,
+    headers: &HeaderMap,
+    head: bool,
+    sendfile: bool,
+) -> Option<Response<Body>> {
     let Ok(Node::Area { depth, .. }) = st.resolve_to_open(dav, &caller.who) else { return None };
     if depth == 0 {
         return None;
@@ -40,22 +45,63 @@ pub async fn answer(st: &Arc<Storage>, caller: &Caller, dav: &DavPath, head: boo
     // dav-server's path refuses both.
     let (file, meta) = st.open_file(dav).ok()??;
     let len = meta.len();
-    let body = if head { Body::empty() } else { Body::stream(FileBody::whole(file, &meta).unread_if(sendfile)) };
+    let etag = etag_value(&meta)?;
+    let modified = meta.modified().ok()?;
+    let validators = Validators { etag: etag.to_str().ok()?, last_modified: conditional::secs(modified) };
+    let honor_range = match conditional::evaluate(headers, true, validators) {
+        Outcome::Proceed { honor_range } => honor_range,
+        Outcome::NotModified => {
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            r.headers_mut().insert(header::ETAG, etag);
+            if let Some(v) = http_date(modified) {
+                r.headers_mut().insert(header::LAST_MODIFIED, v);
+            }
+            return Some(r);
+        }
+        Outcome::Failed => return Some(simple_response(StatusCode::PRECONDITION_FAILED, "precondition failed\n")),
+    };
+    let ranges = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(v) if honor_range => range::parse(v, len),
+        _ => Ranges::Full,
+    };
+    let (status, start, count) = match ranges {
+        Ranges::Full => (StatusCode::OK, 0, len),
+        Ranges::Partial(list) => match list[..] {
+            [one] => (StatusCode::PARTIAL_CONTENT, one.start, one.len()),
+            _ => return None,
+        },
+        Ranges::Unsatisfiable => {
+            let mut r = simple_response(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Some(r);
+        }
+    };
+    let body = if head {
+        Body::empty()
+    } else if status == StatusCode::OK {
+        Body::stream(FileBody::whole(file, &meta).unread_if(sendfile))
+    } else {
+        Body::stream(FileBody::new(file, start, count).unread_if(sendfile))
+    };
     let mut r = Response::new(body);
+    *r.status_mut() = status;
     let h = r.headers_mut();
     let name = dav.file_name().unwrap_or("");
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::mime::of_name(name)));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Some(v) = etag_value(&meta) {
-        h.insert(header::ETAG, v);
-    }
-    if let Ok(t) = meta.modified()
-        && let Some(v) = http_date(t)
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1))
     {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, etag);
+    if let Some(v) = http_date(modified) {
         h.insert(header::LAST_MODIFIED, v);
     }
-    *r.status_mut() = StatusCode::OK;
     Some(r)
 }
 
@@ -109,15 +155,15 @@ mod tests {
     }
 
     #[test]
-    fn ranges_and_conditions_go_to_dav_server() {
+    fn only_the_webdav_if_header_goes_to_dav_server() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("x"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic eA=="));
-        assert!(!needs_dav_server(&h));
-        for name in ["range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range", "if", "If-Range"] {
-            let mut with = h.clone();
-            with.insert(http::HeaderName::from_bytes(name.as_bytes()).expect("name"), HeaderValue::from_static("v"));
-            assert!(needs_dav_server(&with), "{name}");
+        for name in ["range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range"] {
+            h.insert(http::HeaderName::from_bytes(name.as_bytes()).expect("name"), HeaderValue::from_static("v"));
         }
+        assert!(!needs_dav_server(&h));
+        h.insert(http::HeaderName::from_static("if"), HeaderValue::from_static("(<urn:uuid:x>)"));
+        assert!(needs_dav_server(&h));
     }
 }

@@ -199,7 +199,7 @@ impl FilesRole {
         if get
             && !download::needs_dav_server(req.headers())
             && let Some(dav) = dav_path_under(mount, req.uri().path())
-            && let Some(r) = download::answer(&self.st, &caller, &dav, head, cx.sendfile).await
+            && let Some(r) = download::answer(&self.st, &caller, &dav, req.headers(), head, cx.sendfile).await
         {
             return sandboxed(r);
         }

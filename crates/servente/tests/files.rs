@@ -1923,6 +1923,57 @@ fn conditional_requests_with_etags() {
     assert_eq!(dav.get(ALICE, p).text(), "version 3\n");
 }
 
+/// A download answers one byte range and the HTTP preconditions itself, as the web role does:
+/// 206 with Content-Range, 416 for a range past the end, the whole file when If-Range names an
+/// old version, 304 and 412 from the validators. Several ranges at once get dav-server's
+/// multipart answer.
+#[test]
+fn downloads_answer_ranges_and_preconditions() {
+    let dav = Dav::start("");
+    let p = "/users/alice/r.txt";
+    dav.put_ok(ALICE, p, b"0123456789abcdef");
+    let head = dav.call(ALICE, "HEAD", p, &["-I"]);
+    let etag = head.header("etag").expect("ETag").to_string();
+    let modified = head.header("last-modified").expect("Last-Modified").to_string();
+    let get = |args: &[&str]| dav.call(ALICE, "GET", p, args);
+
+    let r = get(&["-H", "Range: bytes=2-5"]);
+    expect(&r, 206, "one range");
+    assert_eq!((r.body.as_slice(), r.header("content-range")), (&b"2345"[..], Some("bytes 2-5/16")));
+    let r = get(&["-H", "Range: bytes=-3"]);
+    expect(&r, 206, "the last 3 bytes");
+    assert_eq!((r.body.as_slice(), r.header("content-range")), (&b"def"[..], Some("bytes 13-15/16")));
+    let r = get(&["-H", "Range: bytes=16-"]);
+    expect(&r, 416, "a range past the end");
+    assert_eq!(r.header("content-range"), Some("bytes */16"));
+    let r = get(&["-H", "Range: bytes=2-5", "-H", "If-Range: \"an-old-version\""]);
+    expect(&r, 200, "If-Range with another ETag");
+    assert_eq!(r.body, b"0123456789abcdef");
+    let if_range = format!("If-Range: {etag}");
+    let r = get(&["-H", "Range: bytes=2-5", "-H", &if_range]);
+    expect(&r, 206, "If-Range with the current ETag");
+    assert_eq!(r.body, b"2345");
+    let r = dav.call(ALICE, "HEAD", p, &["-I", "-H", "Range: bytes=0-9"]);
+    expect(&r, 206, "HEAD with a range");
+    assert_eq!(r.header("content-length"), Some("10"));
+
+    let since = format!("If-Modified-Since: {modified}");
+    let r = get(&["-H", &since]);
+    expect(&r, 304, "If-Modified-Since the file's own time");
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    expect(&get(&["-H", "If-Match: \"an-old-version\""]), 412, "If-Match with another ETag");
+    let r = get(&["-H", "If-None-Match: \"an-old-version\"", "-H", "Range: bytes=0-0"]);
+    expect(&r, 206, "If-None-Match with another ETag, one range");
+    assert_eq!(r.body, b"0");
+
+    let r = get(&["-H", "Range: bytes=0-1,4-5"]);
+    expect(&r, 206, "two ranges");
+    assert!(r.header("content-type").is_some_and(|t| t.starts_with("multipart/byteranges")), "{:?}", r.header("content-type"));
+    let body = r.text();
+    assert!(body.contains("01") && body.contains("45") && !body.contains("0123"), "{body}");
+}
+
 /// Was a bug, fixed: an If header naming a lock token that does not lock the resource is ignored instead of
 /// failing: `PUT /files/dav/users/alice/f.txt` (not locked) with `If:
 /// (<urn:uuid:3b2f0c1e-0000-4000-8000-000000000001>)` → 204, and so with the token of a lock
