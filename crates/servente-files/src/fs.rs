@@ -622,8 +622,7 @@ impl GuardedFileSystem<Caller> for ServenteFs {
             let k = key(path);
             let user = node.quota_user().map(str::to_string);
             blocking(move || {
-                let len = std::fs::symlink_metadata(&disk).map(|m| if m.is_file() { m.len() } else { 0 }).map_err(io_err)?;
-                remove_freeing_later(&disk).map_err(io_err)?;
+                let len = remove_freeing_later(&disk).map_err(io_err)?;
                 if let Some(u) = user {
                     st.add_usage(&u, -(len as i64));
                 }
@@ -902,12 +901,22 @@ fn hold(path: &Path) -> Option<std::os::fd::OwnedFd> {
     rustix::fs::open(path, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).ok()
 }
 
-/// Removes the name `path` at once; the file is freed later, by [`release_later`].
-pub(crate) fn remove_freeing_later(path: &Path) -> std::io::Result<()> {
+/// Removes the name `path` at once; the file is freed later, by [`release_later`]. Gives the
+/// length of what was removed if it was a regular file (0 otherwise), read from the held file
+/// itself, so a quota counts exactly the bytes that go.
+pub(crate) fn remove_freeing_later(path: &Path) -> std::io::Result<u64> {
     let held = hold(path);
+    let len = match &held {
+        Some(fd) => {
+            let m = rustix::fs::fstat(fd)?;
+            let regular = rustix::fs::FileType::from_raw_mode(m.st_mode) == rustix::fs::FileType::RegularFile;
+            if regular { m.st_size as u64 } else { 0 }
+        }
+        None => std::fs::symlink_metadata(path).map(|m| if m.is_file() { m.len() } else { 0 })?,
+    };
     let removed = std::fs::remove_file(path);
     release_later(held);
-    removed
+    removed.map(|()| len)
 }
 
 /// Closes a file held by [`hold`] on the blocking pool (inline outside a runtime), so the
@@ -1491,12 +1500,17 @@ mod tests {
             for i in 0..200 {
                 let p = dir.path().join(format!("f{i}"));
                 std::fs::write(&p, b"x").expect("write");
-                remove_freeing_later(&p).expect("removed");
+                assert_eq!(remove_freeing_later(&p).expect("removed"), 1, "the length removed");
                 assert!(RELEASING.load(Relaxed) <= MAX_RELEASING);
             }
         });
         drop(rt);
         assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+        // A link removed is not counted as the file it points to.
+        std::fs::write(dir.path().join("big"), [0u8; 4096]).expect("write");
+        std::os::unix::fs::symlink(dir.path().join("big"), dir.path().join("link")).expect("symlink");
+        assert_eq!(remove_freeing_later(&dir.path().join("link")).expect("removed"), 0);
+        assert!(remove_freeing_later(&dir.path().join("link")).is_err(), "already gone");
     }
 
     #[test]
