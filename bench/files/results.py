@@ -124,6 +124,10 @@ def summarize(results, servers):
         own = per.get("servente", {}).get("median_s")
         ratio = (peers[best] / own) if best and own else None
         summary[op] = {"servers": per, "best_peer": best, "servente_ratio_to_best_peer": ratio}
+        floor = [r["seconds"] for r in results
+                 if r["op"] == op and r["server"] == "floor" and r.get("error") is None]
+        if floor:
+            summary[op]["client_floor_s"] = statistics.median(floor)
     return summary
 
 
@@ -192,6 +196,23 @@ def report(args):
         print("   servente answers 201 only after the file and its folder are fsynced; nginx, dufs "
               "and rclone answer as soon as the bytes are in the page cache (the disk gets them "
               "later), so their PUT figures do not include any disk write.")
+        floors = [op for op in ("put-1m", "put-100m") if summary[op].get("client_floor_s")]
+        if floors:
+            print()
+            print("== PUT: the client's floor (the same curl PUT to an nginx that answers 201 and keeps "
+                  "nothing: no server that stores the bytes can answer sooner)")
+            for op in floors:
+                entry = summary[op]
+                line = f"   {dict(OPS)[op]:<31} floor {fmt_time(entry['client_floor_s'])}"
+                own = entry["servers"].get("servente", {})
+                if own.get("median_s") and own.get("fsync_median_ms") is not None:
+                    rest = own["median_s"] - own["fsync_median_ms"] / 1000
+                    line += (f"; servente {fmt_time(own['median_s'])}, {fmt_time(rest)} without its "
+                             f"fsync")
+                best = entry.get("best_peer")
+                if best:
+                    line += f"; {PEER_LABELS.get(best, best)} {fmt_time(entry['servers'][best]['median_s'])}"
+                print(line)
 
     propfind_sizes = []
     for op in ("propfind-props", "propfind-allprop"):
