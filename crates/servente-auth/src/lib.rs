@@ -154,14 +154,17 @@ pub struct Directory {
 pub struct CheckTurn<'a> {
     dir: &'a Directory,
     key: [u8; 32],
-    _held: tokio::sync::OwnedMutexGuard<()>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Drop for CheckTurn<'_> {
     fn drop(&mut self) {
-        // Gone from the map once no one else holds or awaits it (the map's reference and this
-        // turn's own are the two left).
-        self.dir.checking.remove_if(&self.key, |_, m| Arc::strong_count(m) <= 2);
+        // The turn is released first, its reference to the lock with it; then the entry goes
+        // once no one else holds or awaits it (the map's reference is the only one left).
+        // Checked with this turn's reference still held, a waiter that took the lock and
+        // finished in between would see that reference and leave the entry behind too.
+        drop(self.held.take());
+        self.dir.checking.remove_if(&self.key, |_, m| Arc::strong_count(m) <= 1);
     }
 }
 
@@ -601,7 +604,7 @@ impl Directory {
             self.checking.retain(|_, m| Arc::strong_count(m) > 1);
         }
         let lock = self.checking.entry(key).or_default().clone();
-        Some(CheckTurn { dir: self, key, _held: lock.lock_owned().await })
+        Some(CheckTurn { dir: self, key, held: Some(lock.lock_owned().await) })
     }
 
     /// The store's change stamp, read before a sign-in is checked and handed to
